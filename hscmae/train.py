@@ -1,0 +1,208 @@
+"""HSC-MAE training: `fit()` and the `python -m hscmae.train` command.
+
+    python -m hscmae.train --config config/hsc_mae.yaml [--data SRC] [--out DIR] [--set key=value ...]
+
+One step: mask each input vector, encode and decode it (student), embed the clean input with the
+EMA teacher (no gradient), then combine the active loss terms -- masked reconstruction (sample
+level), DCCA (global level), teacher-mined soft top-k InfoNCE (local level), distillation -- with
+learned or fixed weights; after the optimiser step the teacher moves towards the student.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+from typing import Callable
+
+import numpy as np
+import torch
+
+from hscmae import losses as L
+from hscmae.config import Config, ConfigError, load_config, save_config
+from hscmae.data import Dataset, DataError, load_data
+from hscmae.evaluate import embed_all, protocol_scores
+from hscmae.io import atomic_write, atomic_write_json
+from hscmae.model import HSCMAE
+
+TERMS = ("recon", "dcca", "infonce", "distill")
+
+
+class TrainingDiverged(RuntimeError):
+    """A loss became NaN or Inf."""
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, truncated, corrupt or not ours."""
+
+
+def build_model(cfg: Config, data: Dataset) -> HSCMAE:
+    return HSCMAE(cfg, data.audio.shape[1], data.visual.shape[1])
+
+
+def active_terms(cfg: Config) -> list[str]:
+    return [t for t in TERMS if getattr(cfg, f"use_{t}")]
+
+
+def save_checkpoint(path: str, state: dict) -> None:
+    atomic_write(path, lambda f: torch.save(state, f))
+
+
+def load_checkpoint(path: str) -> dict:
+    """Load with weights_only=True: a checkpoint is data, never code to run."""
+    if not os.path.exists(path):
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated zip, bad pickle opcode, a class weights_only refuses ...
+        raise CheckpointError(f"{path}: not a loadable HSC-MAE checkpoint ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0][:200]})") from None
+    missing = {"model", "optimizer", "log_vars", "epoch", "generator", "config"} - set(state if isinstance(state, dict) else {})
+    if missing:
+        raise CheckpointError(f"{path}: checkpoint lacks {sorted(missing)}")
+    return state
+
+
+def _param_groups(model: HSCMAE, log_vars: dict, weight_decay: float):
+    # decay matrices only; biases, LayerNorm gains, mask values and loss log-variances are not
+    # magnitudes to shrink
+    decay = [p for p in model.student_parameters() if p.ndim >= 2]
+    other = [p for p in model.student_parameters() if p.ndim < 2] + list(log_vars.values())
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": other, "weight_decay": 0.0}]
+
+
+def train_step(model: HSCMAE, cfg: Config, xa: torch.Tensor, xv: torch.Tensor, gen: torch.Generator,
+               log_vars: dict | None) -> tuple[torch.Tensor, dict[str, float]]:
+    """Forward pass of one batch; returns (total loss, {loss_<term>, w_<term>: float})."""
+    terms = active_terms(cfg)
+    ma, hid_a = model.mask(xa, "a", cfg.mask_ratio, gen)
+    mv, hid_v = model.mask(xv, "v", cfg.mask_ratio, gen)
+    za, zv = model.encoders["a"](ma), model.encoders["v"](mv)
+    need_teacher = "infonce" in terms or "distill" in terms
+    if need_teacher:
+        ta, tv = model.teacher_embed(xa, "a"), model.teacher_embed(xv, "v")
+    parts: dict[str, torch.Tensor] = {}
+    if "recon" in terms:
+        parts["recon"] = (L.masked_recon_loss(model.decoders["a"](za), xa, hid_a)
+                          + L.masked_recon_loss(model.decoders["v"](zv), xv, hid_v)) / 2
+    if "dcca" in terms:
+        parts["dcca"] = L.dcca_loss(za, zv, cfg.cca_dim, cfg.cca_reg)
+    if "infonce" in terms:
+        parts["infonce"] = L.soft_infonce(za, zv, ta, tv, cfg.top_k, cfg.temperature)
+    if "distill" in terms:
+        parts["distill"] = (L.distill_loss(za, ta) + L.distill_loss(zv, tv)) / 2
+    fixed = {t: getattr(cfg, f"{t}_weight") for t in terms}
+    total, weights = L.weighted_total(parts, log_vars, fixed)
+    stats = {f"loss_{k}": float(v.detach()) for k, v in parts.items()}
+    stats.update({f"w_{k}": w for k, w in weights.items()})
+    return total, stats
+
+
+def fit(cfg: Config, data: Dataset, *, on_epoch: Callable | None = None, resume_from: str | None = None,
+        out_dir: str | None = None, log: Callable[[str], None] | None = print) -> dict:
+    """Train for cfg.epochs epochs, evaluating on validation after each; return final metrics,
+    test included. See DESIGN-INTERFACE.md for on_epoch / resume_from."""
+    train_idx = torch.from_numpy(data.splits["train"])
+    cfg.validate(n_train=len(train_idx))
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)  # parameter init
+    gen = torch.Generator().manual_seed(cfg.seed)  # every other random draw: order, masks
+    model = build_model(cfg, data)
+    log_vars = {t: torch.zeros((), requires_grad=True) for t in active_terms(cfg)} if cfg.learned_weights else None
+    opt = torch.optim.AdamW(_param_groups(model, log_vars or {}, cfg.weight_decay), lr=cfg.lr)
+    start_epoch = 0
+    if resume_from:
+        state = load_checkpoint(resume_from)
+        if state["config"] != cfg.to_dict():
+            diff = sorted(k for k in cfg.to_dict() if state["config"].get(k) != getattr(cfg, k))
+            raise CheckpointError(f"{resume_from}: saved with a different config (keys {diff})")
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        for k, v in (log_vars or {}).items():
+            v.data.copy_(state["log_vars"][k])
+        gen.set_state(state["generator"])
+        start_epoch = state["epoch"]
+
+    def checkpoint_state(epoch: int) -> dict:
+        return {"model": model.state_dict(), "optimizer": opt.state_dict(),
+                "log_vars": {k: v.detach().clone() for k, v in (log_vars or {}).items()},
+                "epoch": epoch, "generator": gen.get_state(), "config": cfg.to_dict()}
+
+    # Preloaded tensors indexed by a permutation: no DataLoader, no per-sample Python.
+    audio, visual = torch.from_numpy(data.audio), torch.from_numpy(data.visual)
+    b = cfg.batch_size
+    n_batches = len(train_idx) // b  # drop the ragged last batch: DCCA needs batch > cca_dim
+    metrics: dict = {}
+    for epoch in range(start_epoch + 1, cfg.epochs + 1):
+        t0 = time.perf_counter()
+        sums: dict[str, float] = {}
+        order = train_idx[torch.randperm(len(train_idx), generator=gen)]
+        for i in range(n_batches):
+            idx = order[i * b:(i + 1) * b]
+            total, stats = train_step(model, cfg, audio[idx], visual[idx], gen, log_vars)
+            if not torch.isfinite(total):
+                raise TrainingDiverged(f"loss is {float(total)} at epoch {epoch}, step {i + 1} "
+                                       f"({', '.join(f'{k}={v:.4g}' for k, v in stats.items())})")
+            opt.zero_grad(set_to_none=True)
+            total.backward()
+            opt.step()
+            model.update_teacher(cfg.ema_momentum)
+            stats["loss"] = float(total.detach())
+            for k, v in stats.items():
+                sums[k] = sums.get(k, 0.0) + v
+        za, zv = embed_all(model, data, cfg.eval_encoder)
+        metrics = {"epoch": epoch, **{k: v / n_batches for k, v in sums.items()},
+                   **protocol_scores(za, zv, data, cfg), "epoch_time_s": time.perf_counter() - t0}
+        if log:
+            log(f"epoch {epoch:3d}/{cfg.epochs}  loss {metrics['loss']:.4f}  val_map {metrics['val_map']:.4f} "
+                f"(a2v {metrics['val_map_a2v']:.4f}, v2a {metrics['val_map_v2a']:.4f})  "
+                f"{metrics['epoch_time_s']:.1f}s")
+
+        def save(path: str, epoch=epoch) -> None:
+            save_checkpoint(path, checkpoint_state(epoch))
+        if out_dir:
+            save(os.path.join(out_dir, "checkpoint.pt"))
+        if on_epoch is not None and on_epoch(dict(metrics), save):
+            break
+    za, zv = embed_all(model, data, cfg.eval_encoder)
+    final = {**metrics, **protocol_scores(za, zv, data, cfg, splits=("val", "test"))}
+    if not metrics:  # resumed from a checkpoint of the last epoch: nothing left to train
+        final["epoch"] = start_epoch
+    return final
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m hscmae.train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default=None, help="YAML config (default: built-in defaults)")
+    p.add_argument("--data", default=None, help="folder or synthetic:ave / synthetic:vegas (default: the config's)")
+    p.add_argument("--out", default="runs/train", help="folder for checkpoint.pt, config.yaml, metrics.json")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override config keys")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt if it exists")
+    args = p.parse_args(argv)
+    try:
+        cfg = load_config(args.config, list(args.set) + ([f"data={args.data}"] if args.data else []))
+        data = load_data(cfg.data, cfg.split_seed)
+        cfg.validate(n_train=len(data.splits["train"]))
+        ckpt = os.path.join(args.out, "checkpoint.pt")
+        resume = ckpt if args.resume and os.path.exists(ckpt) else None
+        os.makedirs(args.out, exist_ok=True)
+        save_config(cfg, os.path.join(args.out, "config.yaml"))
+        print(f"data {data.name}: {len(data)} clips, {data.audio.shape[1]}-d audio, {data.visual.shape[1]}-d "
+              f"visual; train/val/test {[len(data.splits[k]) for k in ('train', 'val', 'test')]}"
+              + (f"; resuming from {resume}" if resume else ""))
+        final = fit(cfg, data, resume_from=resume, out_dir=args.out)
+    except (ConfigError, DataError, CheckpointError, TrainingDiverged) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    atomic_write_json(os.path.join(args.out, "metrics.json"), final)
+    print(f"test_map {final['test_map']:.4f} (a2v {final['test_map_a2v']:.4f}, v2a {final['test_map_v2a']:.4f}), "
+          f"val_map {final['val_map']:.4f}, test-time CCA {'on' if final['test_cca'] else 'off'}")
+    print(f"wrote {os.path.join(args.out, 'metrics.json')} and {os.path.join(args.out, 'checkpoint.pt')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
