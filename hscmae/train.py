@@ -111,7 +111,8 @@ def fit(cfg: Config, data: Dataset, *, on_epoch: Callable | None = None, resume_
     gen = torch.Generator().manual_seed(cfg.seed)  # every other random draw: order, masks
     model = build_model(cfg, data)
     log_vars = {t: torch.zeros((), requires_grad=True) for t in active_terms(cfg)} if cfg.learned_weights else None
-    opt = torch.optim.AdamW(_param_groups(model, log_vars or {}, cfg.weight_decay), lr=cfg.lr)
+    # fused: one kernel per step for all parameters (the unfused update was ~20% of a CPU step)
+    opt = torch.optim.AdamW(_param_groups(model, log_vars or {}, cfg.weight_decay), lr=cfg.lr, fused=True)
     start_epoch = 0
     if resume_from:
         state = load_checkpoint(resume_from)
