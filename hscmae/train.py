@@ -144,7 +144,7 @@ def fit(cfg: Config, data: Dataset, *, on_epoch: Callable | None = None, resume_
             idx = order[i * b:(i + 1) * b]
             total, stats = train_step(model, cfg, audio[idx], visual[idx], gen, log_vars)
             if not torch.isfinite(total):
-                raise TrainingDiverged(f"loss is {float(total)} at epoch {epoch}, step {i + 1} "
+                raise TrainingDiverged(f"loss is {float(total.detach())} at epoch {epoch}, step {i + 1} "
                                        f"({', '.join(f'{k}={v:.4g}' for k, v in stats.items())})")
             opt.zero_grad(set_to_none=True)
             total.backward()

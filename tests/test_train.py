@@ -50,10 +50,9 @@ def test_resume_gives_the_same_result_as_an_uninterrupted_run(tiny, tmp_path):
 
 
 def test_learning_improves_over_the_untrained_model(tiny):
-    cfg = config_from_dict({**TINY, "epochs": 1})
-    one = T.fit(cfg, tiny, log=None)
-    many = T.fit(config_from_dict({**TINY, "epochs": 15}), tiny, log=None)
-    assert many["val_map"] > one["val_map"] + 0.02
+    one = T.fit(config_from_dict({**TINY, "epochs": 1, "lr": 3e-3}), tiny, log=None)
+    many = T.fit(config_from_dict({**TINY, "epochs": 30, "lr": 3e-3}), tiny, log=None)
+    assert many["val_map"] > one["val_map"] + 0.03  # measured: 0.258 -> 0.312
 
 
 def test_nan_loss_raises_training_diverged(tiny, monkeypatch):
