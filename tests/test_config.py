@@ -6,7 +6,7 @@ from hscmae.config import Config, ConfigError, config_from_dict, load_config, pa
 def test_defaults_and_shipped_config_are_valid():
     Config().validate()
     cfg = load_config("config/hsc_mae.yaml")
-    assert cfg.data == "synthetic:ave" and cfg.batch_size == 256
+    assert cfg.data == "synthetic:ave" and cfg.batch_size == 64
 
 
 @pytest.mark.parametrize("key,value,match", [
