@@ -10,13 +10,11 @@ learned or fixed weights; after the optimiser step the teacher moves towards the
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 import time
 from typing import Callable
 
-import numpy as np
 import torch
 
 from hscmae import losses as L
@@ -154,8 +152,11 @@ def fit(cfg: Config, data: Dataset, *, on_epoch: Callable | None = None, resume_
             for k, v in stats.items():
                 sums[k] = sums.get(k, 0.0) + v
         za, zv = embed_all(model, data, cfg.eval_encoder)
+        # the last epoch's report carries the test scores too: a scheduler may stop the trial
+        # right at that report, so nothing after it is guaranteed to be seen
+        splits = ("val", "test") if epoch == cfg.epochs else ("val",)
         metrics = {"epoch": epoch, **{k: v / n_batches for k, v in sums.items()},
-                   **protocol_scores(za, zv, data, cfg), "epoch_time_s": time.perf_counter() - t0}
+                   **protocol_scores(za, zv, data, cfg, splits), "epoch_time_s": time.perf_counter() - t0}
         if log:
             log(f"epoch {epoch:3d}/{cfg.epochs}  loss {metrics['loss']:.4f}  val_map {metrics['val_map']:.4f} "
                 f"(a2v {metrics['val_map_a2v']:.4f}, v2a {metrics['val_map_v2a']:.4f})  "
@@ -167,11 +168,11 @@ def fit(cfg: Config, data: Dataset, *, on_epoch: Callable | None = None, resume_
             save(os.path.join(out_dir, "checkpoint.pt"))
         if on_epoch is not None and on_epoch(dict(metrics), save):
             break
-    za, zv = embed_all(model, data, cfg.eval_encoder)
-    final = {**metrics, **protocol_scores(za, zv, data, cfg, splits=("val", "test"))}
-    if not metrics:  # resumed from a checkpoint of the last epoch: nothing left to train
-        final["epoch"] = start_epoch
-    return final
+    if "test_map" not in metrics:  # stopped early, or resumed with no epoch left to train
+        za, zv = embed_all(model, data, cfg.eval_encoder)
+        metrics = {**metrics, "epoch": metrics.get("epoch", start_epoch),
+                   **protocol_scores(za, zv, data, cfg, splits=("val", "test"))}
+    return metrics
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,365 @@
+"""Hyperparameter search for HSC-MAE on Ray Tune: OptunaSearch (TPE) proposes, ASHA stops early.
+
+    python tune_main.py --space default            # search (or resume, if the experiment exists)
+    python tune_main.py --space default --resume   # resume; fails if there is nothing to resume
+    python tune_main.py --list-spaces
+
+Every check that can fail (flags, config, space, data, storage) runs before Ray starts. The data
+set is loaded once here and shared with all trials through Ray's object store. Each trial reports
+validation metrics every epoch and saves a Tune checkpoint every few epochs, so a restored or
+preempted trial continues from its last checkpoint; Tuner.restore brings back finished trials,
+the trials still to run and the Optuna study, so a resumed search runs exactly --num-samples.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import sys
+import tempfile
+import time
+
+import yaml
+
+from hscmae.config import Config, ConfigError, load_config
+from hscmae.data import DataError, load_data
+from hscmae.io import atomic_write_text
+from search_spaces import SPACES, get_space
+
+METRIC, MODE = "val_map", "max"
+# Persist the experiment state every few seconds (Tune's default adapts to minutes), so a driver
+# killed with SIGKILL loses at most that much bookkeeping; trial checkpoints are separate.
+os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "5")
+
+
+class UsageError(ValueError):
+    pass
+
+
+# ------------------------------------------------------------------------------------------------
+# The trainable: one HSC-MAE training run, reporting every epoch to Tune.
+# ------------------------------------------------------------------------------------------------
+def run_trial(params: dict, data=None, base: dict | None = None, space: str = "default",
+              checkpoint_every: int = 5, cpus: int = 1) -> None:
+    import shutil
+
+    import torch
+    from ray import tune
+
+    from hscmae.train import fit
+
+    cfg = get_space(space).to_config(base, {**params, "threads": cpus})
+    torch.set_num_threads(cpus)  # concurrent trials must not oversubscribe the cores
+    resume = None
+    ckpt = tune.get_checkpoint()
+    if ckpt is not None:  # a restored trial: continue from its last checkpoint, not epoch 0
+        resume = os.path.join(tempfile.mkdtemp(prefix="hscmae-resume-"), "checkpoint.pt")
+        with ckpt.as_directory() as d:
+            shutil.copy(os.path.join(d, "checkpoint.pt"), resume)
+
+    def on_epoch(metrics: dict, save) -> None:
+        metrics = {**metrics, "node_id": _node_id()}
+        if metrics["epoch"] % checkpoint_every == 0 or metrics["epoch"] == cfg.epochs:
+            with tempfile.TemporaryDirectory(prefix="hscmae-ckpt-") as d:
+                save(os.path.join(d, "checkpoint.pt"))
+                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+        else:
+            tune.report(metrics)
+
+    fit(cfg, data, on_epoch=on_epoch, resume_from=resume, log=None)
+
+
+def _node_id() -> str:
+    import ray
+
+    return ray.get_runtime_context().get_node_id()
+
+
+# ------------------------------------------------------------------------------------------------
+# Progress a person can follow, on top of Tune's own status table.
+# ------------------------------------------------------------------------------------------------
+def make_progress_callback(num_samples: int, max_epochs: int):
+    from ray.tune import Callback
+
+    class Progress(Callback):
+        def __init__(self):
+            self.start = time.time()
+            self.best = (float("-inf"), None)
+            self.done = self.early = self.errored = 0
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            if result.get(METRIC, float("-inf")) > self.best[0]:
+                self.best = (result[METRIC], trial.trial_id)
+
+        def _line(self, trials):
+            running = sum(t.status == "RUNNING" for t in trials)
+            elapsed = time.time() - self.start
+            eta = elapsed / self.done * (num_samples - self.done) if self.done else float("nan")
+            best = f"{self.best[0]:.4f} ({self.best[1]})" if self.best[1] else "-"
+            print(f"[hscmae] trials done {self.done}/{num_samples} (stopped early {self.early}, "
+                  f"errored {self.errored}), running {running}; best {METRIC} {best}; "
+                  f"elapsed {elapsed / 60:.1f} min, ETA ~{eta / 60:.1f} min", flush=True)
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            self.done += 1
+            epoch = (trial.last_result or {}).get("epoch", 0)
+            self.early += epoch < max_epochs
+            self._line(trials)
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            self.done += 1
+            self.errored += 1
+            self._line(trials)
+
+    return Progress()
+
+
+# ------------------------------------------------------------------------------------------------
+# Command line
+# ------------------------------------------------------------------------------------------------
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="python tune_main.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--space", default="default", help="search space name (see --list-spaces)")
+    p.add_argument("--list-spaces", action="store_true", help="list the search spaces and exit")
+    p.add_argument("--config", default="config/hsc_mae.yaml", help="base YAML config the space overrides")
+    p.add_argument("--data", default=None, help="feature folder or synthetic:<preset> (default: the config's)")
+    p.add_argument("--num-samples", type=int, default=None, help="trials in total (default: the space's)")
+    p.add_argument("--max-concurrent", type=int, default=None, help="trials at once (default: the space's)")
+    p.add_argument("--cpus-per-trial", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0, help="seed of the TPE sampler")
+    p.add_argument("--name", default=None, help="experiment name (default: hscmae-<space>)")
+    p.add_argument("--storage", default="./results", help="local folder or pyarrow URI (s3://...)")
+    p.add_argument("--address", default=None, help="join a Ray cluster (auto, ray://host:10001); default: local")
+    p.add_argument("--resume", action="store_true", help="resume the experiment; error if there is none")
+    p.add_argument("--grace-period", type=int, default=None, help="ASHA epochs before the first cut")
+    p.add_argument("--reduction-factor", type=int, default=None, help="ASHA keeps the top 1/rf per rung")
+    p.add_argument("--max-epochs", type=int, default=None, help="epochs per trial (ASHA max_t)")
+    p.add_argument("--checkpoint-every", type=int, default=None, help="epochs between trial checkpoints")
+    p.add_argument("--max-failures", type=int, default=1, help="retries of a failed trial before it is errored")
+    args = p.parse_args(argv)
+    for flag in ("num_samples", "max_concurrent", "cpus_per_trial", "grace_period", "max_epochs",
+                 "checkpoint_every"):
+        v = getattr(args, flag)
+        if v is not None and v < 1:
+            raise UsageError(f"--{flag.replace('_', '-')} must be >= 1, got {v}")
+    if args.reduction_factor is not None and args.reduction_factor < 2:
+        raise UsageError(f"--reduction-factor must be >= 2, got {args.reduction_factor}")
+    if args.max_failures < 0:
+        raise UsageError(f"--max-failures must be >= 0, got {args.max_failures}")
+    return args
+
+
+def experiment_path(storage: str, name: str) -> str:
+    if "://" in storage:
+        return storage.rstrip("/") + "/" + name
+    return os.path.join(os.path.abspath(storage), name)
+
+
+def check_storage(storage: str) -> None:
+    """Fail before Ray starts if results could not be written."""
+    if "://" in storage:
+        import pyarrow.fs
+
+        try:
+            pyarrow.fs.FileSystem.from_uri(storage)
+        except Exception as e:
+            raise UsageError(f"--storage {storage}: not a usable filesystem URI ({e})") from None
+        return
+    path = os.path.abspath(storage)
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-") as f:
+            f.write(b"x" * 65536)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        raise UsageError(f"--storage {path}: not writable ({e.strerror or e})") from None
+
+
+def write_metadata(exp: str, files: dict[str, str]) -> None:
+    """command.txt, space.json, base_config.yaml, versions.json, data.json beside Tune's files."""
+    if "://" in exp:
+        import pyarrow.fs
+
+        fs, root = pyarrow.fs.FileSystem.from_uri(exp)
+        fs.create_dir(root, recursive=True)
+        for name, text in files.items():
+            with fs.open_output_stream(f"{root}/{name}") as f:
+                f.write(text.encode())
+        return
+    for name, text in files.items():
+        atomic_write_text(os.path.join(exp, name), text)
+
+
+def versions() -> dict:
+    import numpy
+    import optuna
+    import ray
+    import torch
+
+    import hscmae
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "ray": ray.__version__,
+            "optuna": optuna.__version__, "numpy": numpy.__version__, "hscmae": hscmae.__version__,
+            "platform": platform.platform()}
+
+
+def prepare(args):
+    """Everything that can fail, before Ray starts. Returns what the search needs."""
+    try:
+        space = get_space(args.space)
+    except KeyError as e:
+        raise UsageError(e.args[0]) from None
+    base_cfg = load_config(args.config, [f"data={args.data}"] if args.data else None)
+    base = base_cfg.to_dict()
+    if args.max_epochs:
+        base["epochs"] = args.max_epochs
+    fixed = dict(space.fixed)
+    if args.max_epochs:
+        fixed["epochs"] = args.max_epochs
+    if args.data:
+        fixed.pop("data", None)
+    space = type(space)(**{**space.__dict__, "fixed": fixed})
+    space.check(base)
+    probe = space.example(base)  # data source, epochs and split are those of every trial
+    num_samples = args.num_samples or space.num_samples
+    max_concurrent = args.max_concurrent or space.max_concurrent
+    name = args.name or f"hscmae-{space.name}"
+    exp = experiment_path(args.storage, name)
+    check_storage(args.storage)
+    data = load_data(probe.data, probe.split_seed)
+    probe.validate(n_train=len(data.splits["train"]))
+    return dict(space=space, base=base, probe=probe, data=data, name=name, exp=exp,
+                num_samples=num_samples, max_concurrent=max_concurrent)
+
+
+def init_ray(address: str | None, cpus: int | None = None) -> None:
+    import ray
+
+    if address:
+        ray.init(address=address, log_to_driver=False)
+    else:
+        # local: bind to loopback, no dashboard; nothing listens on a public interface
+        ray.init(num_cpus=cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
+                 log_to_driver=False, configure_logging=True, logging_level="WARNING")
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = parse_args(argv)
+        if args.list_spaces:
+            for s in SPACES.values():
+                d = s.describe()
+                print(f"{s.name:10s} {s.description}  [{', '.join(d['params'])}; "
+                      f"{s.num_samples} trials, fixed {s.fixed}]")
+            return 0
+        run = prepare(args)
+    except (UsageError, ConfigError, DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+    import optuna
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    space, exp = run["space"], run["exp"]
+    local = "://" not in exp
+    exists = tune.Tuner.can_restore(exp) if (not local or os.path.isdir(exp)) else False
+    if args.resume and not exists:
+        print(f"error: --resume: no experiment to resume at {exp}", file=sys.stderr)
+        return 2
+    if exists:
+        old = _read_text(exp, "data.json")
+        if old and json.loads(old).get("fingerprint") != run["data"].fingerprint():
+            print(f"error: {exp} was run on different data (fingerprint in data.json differs); "
+                  "use another --name", file=sys.stderr)
+            return 2
+    cpus = args.cpus_per_trial
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, data=run["data"], base=run["base"], space=space.name,
+                             checkpoint_every=args.checkpoint_every or space.checkpoint_every, cpus=cpus),
+        {"cpu": cpus})
+    max_epochs = run["probe"].epochs
+    init_ray(args.address)
+    t0 = time.time()
+    if exists:
+        print(f"[hscmae] resuming {exp}", flush=True)
+        tuner = tune.Tuner.restore(exp, trainable=trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        write_metadata(exp, {
+            "command.txt": shlex.join([sys.executable, *sys.argv]) + "\n",
+            "space.json": json.dumps({**space.describe(), "max_epochs": max_epochs,
+                                      "num_samples": run["num_samples"], "max_concurrent": run["max_concurrent"],
+                                      "seed": args.seed, "metric": METRIC, "mode": MODE}, indent=2) + "\n",
+            "base_config.yaml": yaml.safe_dump(run["base"], sort_keys=False),
+            "versions.json": json.dumps(versions(), indent=2) + "\n",
+            "data.json": json.dumps({"source": run["probe"].data, "split_seed": run["probe"].split_seed,
+                                     "n_clips": len(run["data"]), "fingerprint": run["data"].fingerprint()},
+                                    indent=2) + "\n"})
+        searcher = OptunaSearch(space=space.sample, metric=METRIC, mode=MODE,
+                                sampler=optuna.samplers.TPESampler(seed=args.seed))
+        scheduler = ASHAScheduler(time_attr="epoch", max_t=max_epochs,
+                                  grace_period=min(args.grace_period or space.grace_period, max_epochs),
+                                  reduction_factor=args.reduction_factor or space.reduction_factor)
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(metric=METRIC, mode=MODE, num_samples=run["num_samples"],
+                                        search_alg=ConcurrencyLimiter(searcher, run["max_concurrent"]),
+                                        scheduler=scheduler),
+            run_config=tune.RunConfig(
+                name=run["name"], storage_path=exp.rsplit("/", 1)[0] if not local else os.path.dirname(exp),
+                failure_config=tune.FailureConfig(max_failures=args.max_failures),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+                callbacks=[make_progress_callback(run["num_samples"], max_epochs)], verbose=1))
+    results = tuner.fit()
+    print_summary(results, exp, max_epochs, time.time() - t0)
+    return 0
+
+
+def _read_text(exp: str, name: str) -> str | None:
+    if "://" in exp:
+        import pyarrow.fs
+
+        fs, root = pyarrow.fs.FileSystem.from_uri(exp)
+        try:
+            with fs.open_input_stream(f"{root}/{name}") as f:
+                return f.read().decode()
+        except (FileNotFoundError, OSError):
+            return None
+    path = os.path.join(exp, name)
+    return open(path).read() if os.path.exists(path) else None
+
+
+def print_summary(results, exp: str, max_epochs: int, seconds: float) -> None:
+    errored = [r for r in results if r.error]
+    ok = [r for r in results if not r.error and r.metrics]
+    early = [r for r in ok if r.metrics.get("epoch", 0) < max_epochs]
+    print(f"\n[hscmae] {len(results)} trials in {seconds / 60:.1f} min: {len(ok) - len(early)} ran all "
+          f"{max_epochs} epochs, {len(early)} stopped early by ASHA, {len(errored)} errored")
+    for r in errored:
+        print(f"  errored: {r.path}: {str(r.error).strip().splitlines()[-1][:200]}")
+    if not ok:
+        print(f"[hscmae] no trial finished; results in {exp}")
+        return
+    # best by validation, among trials that trained all epochs (a stopped trial has no test score)
+    full = [r for r in ok if "test_map" in r.metrics] or ok
+    best = max(full, key=lambda r: r.metrics[METRIC])
+    known = Config.__dataclass_fields__
+    print("[hscmae] best config (by val_map):")
+    for k, v in sorted(best.config.items()):
+        if k in known or k.startswith("one_minus"):
+            print(f"    {k}: {v}")
+    m = best.metrics
+    test = f"test_map {m['test_map']:.4f} (a2v {m['test_map_a2v']:.4f}, v2a {m['test_map_v2a']:.4f})" \
+        if "test_map" in m else "no test score (stopped early)"
+    print(f"[hscmae] best val_map {m[METRIC]:.4f} (a2v {m['val_map_a2v']:.4f}, v2a {m['val_map_v2a']:.4f}); {test}")
+    print(f"[hscmae] results in {exp}  (report: python report.py {exp})")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
