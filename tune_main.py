@@ -242,9 +242,9 @@ def init_ray(address: str | None, cpus: int | None = None) -> None:
     if address:
         ray.init(address=address, log_to_driver=False)
     else:
-        # local: bind to loopback, no dashboard; nothing listens on a public interface
-        ray.init(num_cpus=cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
-                 log_to_driver=False, configure_logging=True, logging_level="WARNING")
+        # local: no dashboard (it would serve HTTP). Ray 2.60 maps 127.0.0.1 to the routable IP
+        # and its gRPC servers listen on every interface whatever we pass (README, Security).
+        ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,157 @@
+"""The search harness, on the smoke space: end to end, kill -9 and resume, bad flags, two nodes."""
+import glob
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+import tune_main
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENV = {**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "1", "RAY_AUTH_MODE": "token", "PYTHONUNBUFFERED": "1"}
+
+
+def tune_cmd(storage, name, *extra):
+    return [sys.executable, os.path.join(ROOT, "tune_main.py"), "--space", "smoke", "--storage", str(storage),
+            "--name", name, *extra]
+
+
+def epochs_by_trial(exp) -> dict[str, list[int]]:
+    out = {}
+    for f in glob.glob(os.path.join(exp, "run_trial_*", "result.json")):
+        trial = os.path.basename(os.path.dirname(f)).split("_")[2]
+        out[trial] = [json.loads(line)["epoch"] for line in open(f) if line.strip()]
+    return out
+
+
+@pytest.mark.slow
+def test_search_end_to_end_with_asha_stopping_trials(tmp_path):
+    r = subprocess.run(tune_cmd(tmp_path, "e2e", "--num-samples", "6"), capture_output=True, text=True,
+                       timeout=400, env=ENV, cwd=ROOT)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    exp = tmp_path / "e2e"
+    epochs = epochs_by_trial(exp)
+    assert len(epochs) == 6
+    last = [e[-1] for e in epochs.values()]
+    assert max(last) == 6 and min(last) < 6, f"ASHA stopped no trial early: {last}"
+    for name in ("command.txt", "space.json", "base_config.yaml", "versions.json", "data.json"):
+        assert (exp / name).stat().st_size > 0, name
+    assert json.loads((exp / "data.json").read_text())["fingerprint"]
+    assert glob.glob(str(exp / "searcher-state-*.pkl")), "the Optuna searcher state was not saved"
+    assert "stopped early by ASHA" in r.stdout and "best val_map" in r.stdout and "test_map" in r.stdout
+    # the full runs carry test scores in their last report
+    full = [f for f in glob.glob(str(exp / "run_trial_*" / "result.json"))
+            if json.loads(open(f).read().splitlines()[-1])["epoch"] == 6]
+    assert all("test_map" in json.loads(open(f).read().splitlines()[-1]) for f in full)
+
+
+@pytest.mark.slow
+def test_kill_9_mid_search_then_resume_completes_exactly(tmp_path):
+    exp = tmp_path / "k"
+    cmd = tune_cmd(tmp_path, "k", "--num-samples", "8", "--checkpoint-every", "1")
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV, cwd=ROOT,
+                         start_new_session=True)
+    deadline = time.time() + 180
+    while time.time() < deadline:  # wait until some trials have reported, some are done
+        e = epochs_by_trial(exp)
+        if sum(len(v) for v in e.values()) >= 12 and any(v and v[-1] == 6 for v in e.values()):
+            break
+        time.sleep(0.5)
+    else:
+        pytest.fail("the search made no progress before the kill")
+    os.killpg(p.pid, signal.SIGKILL)  # the driver and the local Ray it started
+    p.wait()
+    before = {t: open(f).read() for f in glob.glob(str(exp / "run_trial_*" / "result.json"))
+              for t in [os.path.basename(os.path.dirname(f)).split("_")[2]]}
+    before_epochs = epochs_by_trial(exp)
+
+    r = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=400, env=ENV, cwd=ROOT)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    after = epochs_by_trial(exp)
+    assert len(after) == 8, f"expected exactly 8 trials, got {len(after)}"
+    for trial, eps in before_epochs.items():
+        if eps and eps[-1] == 6:  # finished before the kill: kept as it was, not re-run
+            assert open(glob.glob(str(exp / f"run_trial_{trial}_*" / "result.json"))[0]).read() == before[trial]
+        new = after[trial][len(eps):]
+        if eps and new:  # continued: from its checkpoint, not from epoch 0
+            assert new[0] > 1, f"trial {trial} restarted from epoch 0: {eps} then {new}"
+    assert "resuming" in r.stdout
+
+
+def _fails_before_ray(args, match, capsys):
+    import ray
+
+    t = time.time()
+    assert tune_main.main(args) == 2
+    err = capsys.readouterr().err
+    assert match in err and "Traceback" not in err, err
+    assert not ray.is_initialized()
+    assert time.time() - t < 20
+
+
+def test_bad_flags_fail_before_ray(tmp_path, capsys):
+    _fails_before_ray(["--space", "nope", "--storage", str(tmp_path)], "unknown search space 'nope'", capsys)
+    _fails_before_ray(["--space", "smoke", "--num-samples", "0", "--storage", str(tmp_path)],
+                      "--num-samples must be >= 1", capsys)
+    _fails_before_ray(["--space", "smoke", "--reduction-factor", "1", "--storage", str(tmp_path)],
+                      "--reduction-factor must be >= 2", capsys)
+    _fails_before_ray(["--space", "smoke", "--resume", "--name", "never-ran", "--storage", str(tmp_path)],
+                      "no experiment to resume", capsys)
+    _fails_before_ray(["--space", "smoke", "--data", "/no/such/folder", "--storage", str(tmp_path)],
+                      "/no/such/folder", capsys)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("mask_ration: 0.5\n")
+    _fails_before_ray(["--space", "smoke", "--config", str(bad), "--storage", str(tmp_path)],
+                      "unknown config key", capsys)
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    if not os.access(ro, os.W_OK):  # root can write anywhere; the check is meaningless then
+        _fails_before_ray(["--space", "smoke", "--storage", str(ro / "x")], "not writable", capsys)
+    _fails_before_ray(["--space", "smoke", "--storage", "/proc/hscmae-results"], "not writable", capsys)
+
+
+def test_impossible_space_fails_before_ray(tmp_path, capsys):
+    cfg = tmp_path / "small_batch.yaml"
+    cfg.write_text("batch_size: 40\ncca_dim: 16\n")  # valid alone; the space samples cca_dim 48
+    _fails_before_ray(["--space", "default", "--config", str(cfg), "--storage", str(tmp_path)],
+                      "search space 'default' can sample an impossible config", capsys)
+
+
+def test_list_spaces(capsys):
+    assert tune_main.main(["--list-spaces"]) == 0
+    out = capsys.readouterr().out
+    for name in ("default", "smoke", "wide"):
+        assert name in out
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_node_cluster_runs_trials_on_both_nodes(tmp_path):
+    port = _free_port()
+    ray = os.path.join(os.path.dirname(sys.executable), "ray")
+    common = ["--num-cpus", "1", "--disable-usage-stats"]
+    try:
+        subprocess.run([ray, "start", "--head", "--port", str(port), "--include-dashboard=false", *common],
+                       check=True, capture_output=True, timeout=120, env=ENV)
+        subprocess.run([ray, "start", "--address", f"127.0.0.1:{port}", *common],
+                       check=True, capture_output=True, timeout=120, env=ENV)
+        r = subprocess.run(tune_cmd(tmp_path, "c", "--num-samples", "4", "--address", f"127.0.0.1:{port}"),
+                           capture_output=True, text=True, timeout=400, env=ENV, cwd=ROOT)
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+        nodes = set()
+        for f in glob.glob(str(tmp_path / "c" / "run_trial_*" / "result.json")):
+            nodes |= {json.loads(line)["node_id"] for line in open(f)}
+        assert len(nodes) == 2, f"trials ran on {len(nodes)} node(s)"
+    finally:
+        subprocess.run([ray, "stop", "--force"], capture_output=True, timeout=120, env=ENV)
