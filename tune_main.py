@@ -13,6 +13,7 @@ the trials still to run and the Optuna study, so a resumed search runs exactly -
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -213,16 +214,12 @@ def prepare(args):
         space = get_space(args.space)
     except KeyError as e:
         raise UsageError(e.args[0]) from None
-    base_cfg = load_config(args.config, [f"data={args.data}"] if args.data else None)
-    base = base_cfg.to_dict()
-    if args.max_epochs:
-        base["epochs"] = args.max_epochs
-    fixed = dict(space.fixed)
+    base = load_config(args.config, [f"data={args.data}"] if args.data else None).to_dict()
+    # flags beat the space's fixed keys, which beat the base config
+    fixed = {k: v for k, v in space.fixed.items() if not (k == "data" and args.data)}
     if args.max_epochs:
         fixed["epochs"] = args.max_epochs
-    if args.data:
-        fixed.pop("data", None)
-    space = type(space)(**{**space.__dict__, "fixed": fixed})
+    space = dataclasses.replace(space, fixed=fixed)
     space.check(base)
     probe = space.example(base)  # data source, epochs and split are those of every trial
     num_samples = args.num_samples or space.num_samples
