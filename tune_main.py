@@ -43,22 +43,29 @@ class UsageError(ValueError):
 # The trainable: one HSC-MAE training run, reporting every epoch to Tune.
 # ------------------------------------------------------------------------------------------------
 def run_trial(params: dict, data=None, base: dict | None = None, space: str = "default",
-              checkpoint_every: int = 5, cpus: int = 1) -> None:
+              checkpoint_every: int = 5, cpus: int = 1, fixed: dict | None = None) -> None:
     import shutil
 
     import torch
     from ray import tune
 
-    from hscmae.train import fit
+    from hscmae.train import CheckpointError, fit
 
-    cfg = get_space(space).to_config(base, {**params, "threads": cpus})
+    sp = get_space(space)
+    if fixed is not None:  # the space's fixed keys as the flags changed them (--max-epochs, --data)
+        sp = dataclasses.replace(sp, fixed=fixed)
+    cfg = sp.to_config(base, {**params, "threads": cpus})
     torch.set_num_threads(cpus)  # concurrent trials must not oversubscribe the cores
     resume = None
     ckpt = tune.get_checkpoint()
     if ckpt is not None:  # a restored trial: continue from its last checkpoint, not epoch 0
         resume = os.path.join(tempfile.mkdtemp(prefix="hscmae-resume-"), "checkpoint.pt")
         with ckpt.as_directory() as d:
-            shutil.copy(os.path.join(d, "checkpoint.pt"), resume)
+            try:
+                shutil.copy(os.path.join(d, "checkpoint.pt"), resume)
+            except OSError as e:
+                raise CheckpointError(f"Tune checkpoint {ckpt.path}: cannot read checkpoint.pt "
+                                      f"({e.strerror or e})") from None
 
     def on_epoch(metrics: dict, save) -> None:
         metrics = {**metrics, "node_id": _node_id()}
@@ -69,7 +76,16 @@ def run_trial(params: dict, data=None, base: dict | None = None, space: str = "d
         else:
             tune.report(metrics)
 
-    fit(cfg, data, on_epoch=on_epoch, resume_from=resume, log=None)
+    try:
+        fit(cfg, data, on_epoch=on_epoch, resume_from=resume, log=None)
+    except CheckpointError as e:  # name the trial's checkpoint, not our temporary copy of it
+        if resume is None:
+            raise
+        raise CheckpointError(f"Tune checkpoint {ckpt.path}: {str(e).replace(resume, 'checkpoint.pt')}; "
+                              "the trial is not retrained from scratch or from a partial state") from None
+    finally:
+        if resume is not None:
+            shutil.rmtree(os.path.dirname(resume), ignore_errors=True)
 
 
 def _node_id() -> str:
@@ -279,7 +295,8 @@ def main(argv: list[str] | None = None) -> int:
     cpus = args.cpus_per_trial
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, data=run["data"], base=run["base"], space=space.name,
-                             checkpoint_every=args.checkpoint_every or space.checkpoint_every, cpus=cpus),
+                             checkpoint_every=args.checkpoint_every or space.checkpoint_every, cpus=cpus,
+                             fixed=space.fixed),
         {"cpu": cpus})
     max_epochs = run["probe"].epochs
     init_ray(args.address)

@@ -1,5 +1,11 @@
 """Linear CCA in closed form (whitening + SVD), used at test time on learned embeddings and as the
-raw-feature baseline. Not an iterative solver: one eigendecomposition per view and one SVD."""
+raw-feature baseline. Not an iterative solver: one eigendecomposition per view and one SVD.
+
+With Cxx, Cyy the (ridged) covariances and Cxy the cross-covariance, the canonical correlations are
+the singular values of T = Cxx^-1/2 Cxy Cyy^-1/2 = U S V^T, and the projections are
+Wx = Cxx^-1/2 U, Wy = Cyy^-1/2 V: the projected views then have identity covariance and a diagonal
+cross-covariance S.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -7,42 +13,69 @@ from dataclasses import dataclass
 import numpy as np
 
 
+def _matrix(a, name: str) -> np.ndarray:
+    a = np.asarray(a.detach().cpu() if hasattr(a, "detach") else a)  # torch tensors too
+    if a.ndim != 2:
+        raise ValueError(f"{name}: expected a 2-D array (samples x features), got shape {a.shape}")
+    if a.dtype.kind not in "biuf":
+        raise ValueError(f"{name}: expected real numbers, got dtype {a.dtype}")
+    a = a.astype(np.float64)
+    if not np.isfinite(a).all():
+        raise ValueError(f"{name}: contains NaN or infinite values")
+    return a
+
+
 @dataclass
 class LinearCCA:
-    mean_x: np.ndarray
-    mean_y: np.ndarray
-    wx: np.ndarray  # (dx, dim)
-    wy: np.ndarray  # (dy, dim)
+    mean_x: np.ndarray  # (dx,)
+    mean_y: np.ndarray  # (dy,)
+    Wx: np.ndarray  # (dx, dim)
+    Wy: np.ndarray  # (dy, dim)
     correlations: np.ndarray  # (dim,), descending
 
-    def transform_x(self, x) -> np.ndarray:
-        return ((np.asarray(x, dtype=np.float64) - self.mean_x) @ self.wx).astype(np.float32)
+    def transform_x(self, X) -> np.ndarray:
+        return self._project(_matrix(X, "X"), self.mean_x, self.Wx, "X")
 
-    def transform_y(self, y) -> np.ndarray:
-        return ((np.asarray(y, dtype=np.float64) - self.mean_y) @ self.wy).astype(np.float32)
+    def transform_y(self, Y) -> np.ndarray:
+        return self._project(_matrix(Y, "Y"), self.mean_y, self.Wy, "Y")
+
+    @staticmethod
+    def _project(a, mean, w, name) -> np.ndarray:
+        if a.shape[1] != len(mean):
+            raise ValueError(f"{name}: expected {len(mean)} features (as fitted), got {a.shape[1]}")
+        return ((a - mean) @ w).astype(np.float32)
 
 
 def _inv_sqrt(c: np.ndarray) -> np.ndarray:
+    """Symmetric C^-1/2. Directions with (numerically) zero variance get weight 0 rather than an
+    enormous one, so reg=0 on rank-deficient data projects onto the span instead of onto noise."""
     w, v = np.linalg.eigh(c)
-    return (v / np.sqrt(np.maximum(w, 1e-12))) @ v.T
+    keep = w > max(w.max(), 0.0) * len(w) * np.finfo(np.float64).eps
+    inv = np.zeros_like(w)
+    inv[keep] = 1.0 / np.sqrt(w[keep])
+    return (v * inv) @ v.T
 
 
-def fit_linear_cca(x, y, dim: int, reg: float = 1e-3) -> LinearCCA:
-    """Top-`dim` canonical directions of (x, y), rows paired. `reg` is a ridge added to each
-    covariance (plain reg * I; features here are standardised or embeddings of unit-ish scale),
-    which keeps the whitening finite when n is small next to the dimension."""
-    x = np.asarray(x, dtype=np.float64)
-    y = np.asarray(y, dtype=np.float64)
-    if x.ndim != 2 or y.ndim != 2 or len(x) != len(y):
-        raise ValueError(f"linear CCA needs two 2-D arrays with the same rows, got {x.shape} and {y.shape}")
-    if len(x) < 2:
-        raise ValueError(f"linear CCA needs at least 2 samples, got {len(x)}")
-    if not 1 <= dim <= min(x.shape[1], y.shape[1]):
-        raise ValueError(f"linear CCA dim must be in [1, {min(x.shape[1], y.shape[1])}], got {dim}")
-    mx, my = x.mean(0), y.mean(0)
-    x, y = x - mx, y - my
-    n = len(x)
-    kx = _inv_sqrt(x.T @ x / (n - 1) + reg * np.eye(x.shape[1]))
-    ky = _inv_sqrt(y.T @ y / (n - 1) + reg * np.eye(y.shape[1]))
-    u, s, vt = np.linalg.svd(kx @ (x.T @ y / (n - 1)) @ ky)
+def fit_linear_cca(X, Y, dim: int, reg: float = 1e-3) -> LinearCCA:
+    """Top-`dim` canonical directions of (X, Y), rows paired.
+
+    `reg` is a ridge added to each covariance as plain reg * I. The features this sees are either
+    standardised (unit variance) or embeddings of fixed scale, so an absolute ridge is predictable;
+    it keeps the whitening finite when n is small next to the dimension. The default, 1e-3, is what
+    hscmae.evaluate's test-time CCA relies on."""
+    X, Y = _matrix(X, "X"), _matrix(Y, "Y")
+    if len(X) != len(Y):
+        raise ValueError(f"linear CCA needs paired rows: X has {len(X)} rows, Y has {len(Y)}")
+    if len(X) < 2:
+        raise ValueError(f"linear CCA needs at least 2 samples, got {len(X)}")
+    if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or not 1 <= dim <= min(X.shape[1], Y.shape[1]):
+        raise ValueError(f"linear CCA dim must be an integer in [1, {min(X.shape[1], Y.shape[1])}], got {dim!r}")
+    if not (np.isfinite(reg) and reg >= 0):
+        raise ValueError(f"linear CCA reg must be finite and >= 0, got {reg!r}")
+    mx, my = X.mean(0), Y.mean(0)
+    X, Y = X - mx, Y - my
+    n = len(X)
+    kx = _inv_sqrt(X.T @ X / (n - 1) + reg * np.eye(X.shape[1]))
+    ky = _inv_sqrt(Y.T @ Y / (n - 1) + reg * np.eye(Y.shape[1]))
+    u, s, vt = np.linalg.svd(kx @ (X.T @ Y / (n - 1)) @ ky)
     return LinearCCA(mx, my, kx @ u[:, :dim], ky @ vt[:dim].T, s[:dim])

@@ -6,6 +6,7 @@ address a knob by the same name, and so that report tables get one column per kn
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -62,6 +63,9 @@ class Config:
         def bad(key: str, why: str) -> ConfigError:
             return ConfigError(f"config key '{key}': {why}, got {getattr(self, key)!r}")
 
+        for f in fields(self):  # NaN passes every `< 0` check and Inf every `> 0` one
+            if f.type == "float" and not math.isfinite(getattr(self, f.name)):
+                raise bad(f.name, "must be a finite number")
         if not 0.0 <= self.mask_ratio < 1.0:
             raise bad("mask_ratio", "must be in [0, 1)")
         if not 0.0 <= self.ema_momentum < 1.0:
@@ -136,7 +140,7 @@ def _coerce(key: str, value: Any) -> Any:
 def config_from_dict(d: dict[str, Any] | None) -> Config:
     """Build and validate a Config; unknown keys and wrong types raise ConfigError naming the key."""
     d = dict(d or {})
-    unknown = sorted(set(d) - set(_FIELDS))
+    unknown = sorted(set(d) - set(_FIELDS), key=repr)  # YAML keys may be null, ints, bools ...
     if unknown:
         raise ConfigError(f"unknown config key(s) {unknown}; known keys: {sorted(_FIELDS)}")
     return Config(**{k: _coerce(k, v) for k, v in d.items()}).validate()
@@ -163,7 +167,7 @@ def load_config(path: str | None = None, overrides: dict | list[str] | None = No
         except FileNotFoundError:
             raise ConfigError(f"config file {path}: not found") from None
         except yaml.YAMLError as e:
-            raise ConfigError(f"config file {path}: not valid YAML ({e})") from None
+            raise ConfigError(f"config file {path}: not valid YAML ({' '.join(str(e).split())})") from None
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"config file {path}: expected a mapping of key: value, got {type(loaded).__name__}")
         d.update(loaded or {})

@@ -172,9 +172,14 @@ def _check_features(path: str, arr: np.ndarray) -> None:
         raise DataError(f"{path}: expected a numeric array, got dtype {arr.dtype}")
     bad_rows = 0
     for start in range(0, arr.shape[0], 65536):  # chunked so memory-mapped files stay mapped
-        bad_rows += int((~np.isfinite(arr[start:start + 65536])).any(axis=1).sum())
+        # checked after the cast to float32 (what training uses): a finite float64 beyond
+        # float32's range would otherwise become Inf, then NaN after standardisation
+        with np.errstate(over="ignore"):
+            chunk = np.asarray(arr[start:start + 65536], dtype=np.float32)
+        bad_rows += int((~np.isfinite(chunk)).any(axis=1).sum())
     if bad_rows:
-        raise DataError(f"{path}: {bad_rows} row(s) contain NaN or Inf; expected finite features")
+        raise DataError(f"{path}: {bad_rows} row(s) contain NaN or Inf (or values beyond float32's range, "
+                        "|x| > 3.4e38); expected finite features")
 
 
 def _check_labels(path: str, labels: np.ndarray) -> np.ndarray:

@@ -13,6 +13,7 @@ import argparse
 import os
 import sys
 import time
+import zipfile
 from typing import Callable
 
 import torch
@@ -52,7 +53,15 @@ def load_checkpoint(path: str) -> dict:
     if not os.path.exists(path):
         raise CheckpointError(f"{path}: checkpoint not found")
     try:
+        # torch.load does not check the zip members' CRC-32: a flipped byte in a tensor would load
+        # silently as a different weight
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+        if bad is not None:
+            raise CheckpointError(f"{path}: corrupt checkpoint ({bad} fails its CRC-32 check)")
         state = torch.load(path, map_location="cpu", weights_only=True)
+    except CheckpointError:
+        raise
     except Exception as e:  # truncated zip, bad pickle opcode, a class weights_only refuses ...
         raise CheckpointError(f"{path}: not a loadable HSC-MAE checkpoint ({type(e).__name__}: "
                               f"{str(e).splitlines()[0][:200]})") from None
@@ -140,7 +149,12 @@ def fit(cfg: Config, data: Dataset, *, on_epoch: Callable | None = None, resume_
         order = train_idx[torch.randperm(len(train_idx), generator=gen)]
         for i in range(n_batches):
             idx = order[i * b:(i + 1) * b]
-            total, stats = train_step(model, cfg, audio[idx], visual[idx], gen, log_vars)
+            try:
+                total, stats = train_step(model, cfg, audio[idx], visual[idx], gen, log_vars)
+            except torch.linalg.LinAlgError as e:  # NaN/Inf weights reach DCCA's Cholesky first
+                raise TrainingDiverged(f"DCCA's Cholesky failed at epoch {epoch}, step {i + 1}: the "
+                                       "embeddings are NaN/Inf or their covariance is singular "
+                                       f"({str(e).splitlines()[0][:160]})") from None
             if not torch.isfinite(total):
                 raise TrainingDiverged(f"loss is {float(total.detach())} at epoch {epoch}, step {i + 1} "
                                        f"({', '.join(f'{k}={v:.4g}' for k, v in stats.items())})")

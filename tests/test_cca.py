@@ -1,36 +1,78 @@
-"""Closed-form linear CCA against scipy's generalised eigenproblem and closed-form cases."""
+"""Closed-form linear CCA against scipy's generalised eigenproblem, scikit-learn's iterative CCA and
+data built to have known canonical correlations."""
 import numpy as np
 import pytest
 import scipy.linalg
+import torch
+from sklearn.cross_decomposition import CCA
 
 from hscmae.cca import fit_linear_cca
 
 
 def _scipy_correlations(x, y, reg):
+    """Independent: [0 Cxy; Cyx 0] v = rho [Cxx 0; 0 Cyy] v; its top eigenvalues are the correlations."""
     x, y = x - x.mean(0), y - y.mean(0)
     n, dx, dy = len(x), x.shape[1], y.shape[1]
     cxx = x.T @ x / (n - 1) + reg * np.eye(dx)
     cyy = y.T @ y / (n - 1) + reg * np.eye(dy)
     cxy = x.T @ y / (n - 1)
     a = np.block([[np.zeros((dx, dx)), cxy], [cxy.T, np.zeros((dy, dy))]])
-    return np.sort(scipy.linalg.eigh(a, scipy.linalg.block_diag(cxx, cyy), eigvals_only=True))[::-1]
+    return scipy.linalg.eigh(a, scipy.linalg.block_diag(cxx, cyy), eigvals_only=True)[::-1]
 
 
-def test_correlations_match_generalised_eigenproblem():
-    rng = np.random.default_rng(0)
-    z = rng.normal(size=(500, 3))
-    x = np.hstack([z, rng.normal(size=(500, 4))]) @ rng.normal(size=(7, 7))
-    y = np.hstack([z + 0.5 * rng.normal(size=(500, 3)), rng.normal(size=(500, 2))]) @ rng.normal(size=(5, 5))
-    cca = fit_linear_cca(x, y, 4, reg=1e-3)
-    np.testing.assert_allclose(cca.correlations, _scipy_correlations(x, y, 1e-3)[:4], atol=1e-8)
+def _shared_latent_views(rng, n=500):
+    z = rng.normal(size=(n, 3))
+    x = np.hstack([z, rng.normal(size=(n, 4))]) @ rng.normal(size=(7, 7))
+    y = np.hstack([z + 0.5 * rng.normal(size=(n, 3)), rng.normal(size=(n, 2))]) @ rng.normal(size=(5, 5))
+    return x, y
+
+
+@pytest.mark.parametrize("reg", [0.0, 1e-3, 0.5])
+def test_correlations_match_generalised_eigenproblem(reg):
+    x, y = _shared_latent_views(np.random.default_rng(0))
+    cca = fit_linear_cca(x, y, 4, reg=reg)
+    np.testing.assert_allclose(cca.correlations, _scipy_correlations(x, y, reg)[:4], rtol=0, atol=1e-8)
+    assert np.all(np.diff(cca.correlations) <= 0)
+
+
+def test_directions_match_sklearn_cca():
+    # sklearn's CCA is iterative (NIPALS) and scales the data; its score columns must span the same
+    # canonical variates as ours, up to sign
+    rng = np.random.default_rng(3)
+    x, y = _shared_latent_views(rng, n=2000)
+    ours = fit_linear_cca(x, y, 3, reg=0.0)
+    ref = CCA(n_components=3, max_iter=2000, tol=1e-10).fit(x, y)
+    rx, ry = ref.transform(x, y)
+    px, py = ours.transform_x(x), ours.transform_y(y)
+    for k in range(3):
+        assert np.corrcoef(rx[:, k], ry[:, k])[0, 1] == pytest.approx(ours.correlations[k], abs=1e-5)
+        assert abs(np.corrcoef(px[:, k], rx[:, k])[0, 1]) == pytest.approx(1.0, abs=1e-5)
+        assert abs(np.corrcoef(py[:, k], ry[:, k])[0, 1]) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_exact_correlations_by_construction():
+    # Columns of E are centred and orthonormal (times sqrt(n-1)): sample covariance exactly I.
+    # X = E1 A and Y = (rho * E1[:, :3] + sqrt(1 - rho^2) * E2, E3) B with A, B invertible: the sample
+    # canonical correlations are exactly rho, then 0.
+    rng = np.random.default_rng(4)
+    n, rho = 300, np.array([0.9, 0.5, 0.2])
+    m = rng.normal(size=(n, 10))
+    e = np.linalg.qr(m - m.mean(0))[0] * np.sqrt(n - 1)
+    x = e[:, :4] @ rng.normal(size=(4, 4))
+    y = np.hstack([rho * e[:, :3] + np.sqrt(1 - rho**2) * e[:, 4:7], e[:, 7:9]]) @ rng.normal(size=(5, 5))
+    cca = fit_linear_cca(x + 5.0, y - 3.0, 4, reg=0.0)  # offsets: the fit must centre
+    np.testing.assert_allclose(cca.correlations, [0.9, 0.5, 0.2, 0.0], atol=1e-9)
 
 
 def test_projections_are_white_and_diagonally_correlated():
     rng = np.random.default_rng(1)
-    x = rng.normal(size=(2000, 6))
+    x = rng.normal(size=(2000, 6)) + 2.0
     y = x[:, :4] @ rng.normal(size=(4, 5)) + rng.normal(size=(2000, 5))
     cca = fit_linear_cca(x, y, 4, reg=0.0)
-    px, py = cca.transform_x(x).astype(np.float64), cca.transform_y(y).astype(np.float64)
+    px, py = cca.transform_x(x), cca.transform_y(y)
+    assert px.dtype == np.float32 and px.shape == (2000, 4) and py.shape == (2000, 4)
+    px, py = px.astype(np.float64), py.astype(np.float64)
+    np.testing.assert_allclose(px.mean(0), 0, atol=1e-5)
     n = len(x)
     np.testing.assert_allclose(px.T @ px / (n - 1), np.eye(4), atol=1e-4)
     np.testing.assert_allclose(py.T @ py / (n - 1), np.eye(4), atol=1e-4)
@@ -39,15 +81,58 @@ def test_projections_are_white_and_diagonally_correlated():
 
 def test_closed_form_extremes():
     rng = np.random.default_rng(2)
-    x = rng.normal(size=(400, 5))
+    x = rng.normal(size=(2000, 5))
     exact = fit_linear_cca(x, x @ rng.normal(size=(5, 5)), 5, reg=0.0)  # invertible map: rho = 1
-    np.testing.assert_allclose(exact.correlations, 1.0, atol=1e-6)
-    indep = fit_linear_cca(x, rng.normal(size=(400, 5)), 5, reg=0.0)  # independent: rho ~ 0
-    assert indep.correlations.max() < 0.3
+    np.testing.assert_allclose(exact.correlations, 1.0, atol=1e-9)
+    indep = fit_linear_cca(x, rng.normal(size=(2000, 5)), 5, reg=0.0)  # independent: rho ~ 0
+    assert indep.correlations.max() < 0.15
+
+
+def test_rank_deficient_views_without_ridge():
+    # a duplicated column makes Cxx singular; with reg=0 the result must equal the CCA of the
+    # de-duplicated view rather than blow up on the zero-variance direction
+    x, y = _shared_latent_views(np.random.default_rng(5))
+    dup = np.hstack([x, x[:, :1]])
+    cca = fit_linear_cca(dup, y, 4, reg=0.0)
+    np.testing.assert_allclose(cca.correlations, _scipy_correlations(x, y, 0.0)[:4], atol=1e-6)
+    px = cca.transform_x(dup).astype(np.float64)
+    np.testing.assert_allclose(px.T @ px / (len(px) - 1), np.eye(4), atol=1e-6)
+
+
+def test_constant_feature_is_ignored_not_amplified():
+    # zero variance in training: that direction gets weight 0, so a test row whose constant feature
+    # moves projects as if the feature were absent (a floored inverse would multiply it by ~1e6)
+    x, y = _shared_latent_views(np.random.default_rng(7))
+    with_const = np.hstack([x, np.full((len(x), 1), 3.0)])
+    cca, plain = fit_linear_cca(with_const, y, 4, reg=0.0), fit_linear_cca(x, y, 4, reg=0.0)
+    np.testing.assert_allclose(cca.correlations, plain.correlations, atol=1e-9)
+    moved = np.hstack([x[:5], np.full((5, 1), -7.0)])
+    np.testing.assert_allclose(np.abs(cca.transform_x(moved)), np.abs(plain.transform_x(x[:5])), atol=1e-4)
+
+
+def test_torch_inputs():
+    x, y = _shared_latent_views(np.random.default_rng(6), n=200)
+    a = fit_linear_cca(torch.tensor(x, requires_grad=True), torch.tensor(y), 3)
+    np.testing.assert_allclose(a.correlations, fit_linear_cca(x, y, 3).correlations, atol=1e-12)
+    np.testing.assert_allclose(a.transform_x(torch.tensor(x)), a.transform_x(x), atol=0)
 
 
 def test_bad_arguments():
+    z = np.zeros
     with pytest.raises(ValueError, match="dim"):
-        fit_linear_cca(np.zeros((10, 3)), np.zeros((10, 2)), 3)
-    with pytest.raises(ValueError, match="same rows"):
-        fit_linear_cca(np.zeros((10, 3)), np.zeros((9, 3)), 1)
+        fit_linear_cca(z((10, 3)), z((10, 2)), 3)
+    with pytest.raises(ValueError, match="dim"):
+        fit_linear_cca(z((10, 3)), z((10, 2)), 0)
+    with pytest.raises(ValueError, match="paired rows"):
+        fit_linear_cca(z((10, 3)), z((9, 3)), 1)
+    with pytest.raises(ValueError, match="at least 2 samples"):
+        fit_linear_cca(z((1, 3)), z((1, 3)), 1)
+    with pytest.raises(ValueError, match="X: expected a 2-D"):
+        fit_linear_cca(z(10), z((10, 3)), 1)
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        fit_linear_cca(np.full((10, 3), np.inf), z((10, 3)), 1)
+    with pytest.raises(ValueError, match="reg"):
+        fit_linear_cca(z((10, 3)), z((10, 3)), 1, reg=-1.0)
+    cca = fit_linear_cca(np.random.default_rng(0).normal(size=(10, 3)), np.random.default_rng(1).normal(size=(10, 2)), 1)
+    with pytest.raises(ValueError, match="expected 3 features"):
+        cca.transform_x(z((4, 2)))

@@ -1,82 +1,149 @@
-"""Retrieval mAP against scikit-learn's per-query average_precision_score, and a hand-worked case."""
+"""Retrieval mAP against scikit-learn's per-query average_precision_score, and hand-worked cases."""
 import numpy as np
 import pytest
 import torch
 from sklearn.metrics import average_precision_score
 
+from hscmae import metrics
 from hscmae.metrics import retrieval_map, retrieval_map_pair
 
 
+def _sklearn_aps(q, g, ql, gl):
+    """Independent reference: float64 cosines in numpy, one sklearn call per query (NaN = skipped)."""
+    q, g = np.asarray(q, dtype=np.float64), np.asarray(g, dtype=np.float64)
+    s = (q / np.linalg.norm(q, axis=1, keepdims=True)) @ (g / np.linalg.norm(g, axis=1, keepdims=True)).T
+    ql, gl = np.asarray(ql), np.asarray(gl)
+    return np.array([average_precision_score(gl == ql[i], s[i]) if (gl == ql[i]).any() else np.nan
+                     for i in range(len(q))])
+
+
 def _sklearn_map(q, g, ql, gl):
-    qn = q / np.linalg.norm(q, axis=1, keepdims=True)
-    gn = g / np.linalg.norm(g, axis=1, keepdims=True)
-    s = qn.astype(np.float64) @ gn.astype(np.float64).T
-    aps = [average_precision_score(gl == ql[i], s[i]) for i in range(len(q)) if (gl == ql[i]).any()]
-    return float(np.mean(aps))
+    return float(np.nanmean(_sklearn_aps(q, g, ql, gl)))
 
 
-@pytest.mark.parametrize("seed,classes", [(0, 2), (1, 5), (2, 28), (3, 3)])
+def _tie_vectors(rng, n):
+    # 4-d vectors whose cosines are exactly representable (signed one-hots, powers of two times them,
+    # and blocks of +-0.5): every summation order gives the same value, so equal cosines are equal
+    # in float32 and float64 alike and the reference sees the very same ties
+    base = np.vstack([np.eye(4), -2 * np.eye(4), np.full((1, 4), 0.5), [[0.5, -0.5, 0.5, -0.5]], [[4.0, 0, 0, 0]]])
+    return base[rng.integers(0, len(base), n)].astype(np.float32)
+
+
+@pytest.mark.parametrize("seed,classes", [(0, 1), (1, 2), (2, 5), (3, 28), (4, 3)])
 def test_matches_sklearn_on_random_data(seed, classes):
     rng = np.random.default_rng(seed)
     q = rng.normal(size=(120, 8)).astype(np.float32)
-    g = rng.normal(size=(150, 8)).astype(np.float32)
-    ql = rng.integers(0, classes + 1, 120)  # class `classes` has no gallery item: skipped
-    gl = rng.integers(0, classes, 150)
+    g = rng.normal(size=(300, 8)).astype(np.float32)
+    ql = rng.integers(0, classes + 1, 120)  # class `classes` has no gallery item: those queries are skipped
+    gl = rng.integers(0, classes, 300)
+    assert (ql == classes).any()
     assert retrieval_map(q, g, ql, gl) == pytest.approx(_sklearn_map(q, g, ql, gl), abs=1e-6)
 
 
-def test_matches_sklearn_with_exact_ties_and_any_chunk_size():
-    # unit vectors with exactly representable products (signed one-hots and a block of halves):
-    # every summation order gives the same cosine, so ties are ties in float32 and float64 alike
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_matches_sklearn_per_query_with_exact_ties(seed):
+    rng = np.random.default_rng(seed)
+    q, g = _tie_vectors(rng, 50), _tie_vectors(rng, 90)
+    ql, gl = rng.integers(0, 5, len(q)), rng.integers(0, 4, len(g))  # label 4: no gallery item
+    expected = _sklearn_aps(q, g, ql, gl)
+    assert np.isnan(expected).any() and not np.isnan(expected).all()
+    m, aps = retrieval_map(q, g, ql, gl, return_per_query=True)
+    np.testing.assert_array_equal(np.isnan(aps), np.isnan(expected))
+    np.testing.assert_allclose(aps[~np.isnan(aps)], expected[~np.isnan(expected)], rtol=0, atol=1e-9)
+    assert m == pytest.approx(np.nanmean(expected), abs=1e-9)
+
+
+def test_chunk_size_does_not_change_the_result():
     rng = np.random.default_rng(7)
-    base = np.vstack([np.eye(4), -np.eye(4), np.full((1, 4), 0.5), [[0.5, -0.5, 0.5, -0.5]]]).astype(np.float32)
-    g = base[rng.integers(0, len(base), 90)]
-    q = base[rng.integers(0, len(base), 50)]
-    ql, gl = rng.integers(0, 4, len(q)), rng.integers(0, 4, len(g))
+    q, g = _tie_vectors(rng, 70), _tie_vectors(rng, 90)
+    ql, gl = rng.integers(0, 3, len(q)), rng.integers(0, 3, len(g))
     expected = _sklearn_map(q, g, ql, gl)
     for chunk in (1, 7, 1024):
-        assert retrieval_map(q, g, ql, gl, chunk_size=chunk) == pytest.approx(expected, abs=1e-6)
+        assert retrieval_map(q, g, ql, gl, chunk_size=chunk) == pytest.approx(expected, abs=1e-9)
 
 
-def test_hand_worked_case():
-    # one query along x; gallery cosines 1.0 (rel), 0.6 (irrelevant), 0.0 (rel), -1.0 (irrelevant)
+def test_many_relevant_items_per_bin_and_wide_index_path(monkeypatch):
+    # two classes of 400: crowded bins need several search steps; then again with int64 indices
+    rng = np.random.default_rng(11)
+    q, g = rng.normal(size=(60, 3)), rng.normal(size=(800, 3))
+    ql, gl = rng.integers(0, 2, 60), rng.integers(0, 2, 800)
+    expected = _sklearn_map(q, g, ql, gl)
+    assert retrieval_map(q, g, ql, gl) == pytest.approx(expected, abs=1e-9)
+    monkeypatch.setattr(metrics, "_INT32_LIMIT", 0)
+    assert retrieval_map(q, g, ql, gl) == pytest.approx(expected, abs=1e-9)
+
+
+def test_hand_worked_cases():
     q = np.array([[1.0, 0.0]])
+    # cosines to the query: 1.0 (relevant), 0.6 (irrelevant), 0.0 (relevant), -1.0 (irrelevant).
+    # The relevant items rank 1st and 3rd: precisions 1/1 and 2/3, AP = (1 + 2/3) / 2 = 5/6.
     g = np.array([[2.0, 0.0], [0.6, 0.8], [0.0, 1.0], [-1.0, 0.0]])
-    # ranks of relevant items: 1 and 3 -> AP = (1/1 + 2/3) / 2 = 5/6
-    assert retrieval_map(q, g, np.array([1]), np.array([1, 0, 1, 0])) == pytest.approx(5 / 6)
-    # a tie: the relevant item ties with an irrelevant one at the top -> precision 1/2 there
+    assert retrieval_map(q, g, [1], [1, 0, 1, 0]) == pytest.approx(5 / 6, abs=1e-12)
+    # A tie at the top between the relevant item and an irrelevant one: one threshold holding both,
+    # precision 1/2 there, AP = 1/2 (not 1, which breaking the tie in its favour would give).
     g2 = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
-    assert retrieval_map(q, g2, np.array([1]), np.array([1, 0, 0])) == pytest.approx(0.5)
+    assert retrieval_map(q, g2, [1], [1, 0, 0]) == pytest.approx(0.5, abs=1e-12)
+    # Cosines 1, 1, 0, 0 with relevant = items 1 and 3 (a tie group {1, 2} and a tie group {3, 4}):
+    # item 1 sees 1 relevant of 2 at scores >= 1, item 3 sees 2 relevant of 4; AP = (1/2 + 2/4) / 2.
+    g3 = np.array([[1.0, 0.0], [3.0, 0.0], [0.0, 1.0], [0.0, -5.0]])
+    assert retrieval_map(q, g3, ["cat"], ["cat", "dog", "cat", "dog"]) == pytest.approx(0.5, abs=1e-12)
+    # A zero query scores 0 against everything: one threshold, AP = fraction relevant = 2/4.
+    assert retrieval_map(np.zeros((1, 2)), g, [1], [1, 0, 1, 0]) == pytest.approx(0.5, abs=1e-12)
+
+
+def test_queries_without_relevant_items():
+    q, g = np.eye(3), np.eye(3)
+    m, aps = retrieval_map(q, g, [0, 1, 9], [0, 1, 2], return_per_query=True)
+    assert m == 1.0 and aps[:2].tolist() == [1.0, 1.0] and np.isnan(aps[2])
+    assert np.isnan(retrieval_map(q, g, [7, 8, 9], [0, 1, 2]))
 
 
 def test_pair_and_torch_inputs():
     rng = np.random.default_rng(1)
     a, v, lab = rng.normal(size=(40, 4)), rng.normal(size=(40, 4)), rng.integers(0, 3, 40)
-    out = retrieval_map_pair(torch.tensor(a), torch.tensor(v), torch.tensor(lab))
+    out = retrieval_map_pair(torch.tensor(a, dtype=torch.float32), torch.tensor(v), torch.tensor(lab))
     assert out["map_a2v"] == pytest.approx(_sklearn_map(a, v, lab, lab), abs=1e-6)
     assert out["map_v2a"] == pytest.approx(_sklearn_map(v, a, lab, lab), abs=1e-6)
-    assert out["map"] == pytest.approx((out["map_a2v"] + out["map_v2a"]) / 2)
+    assert out["map"] == pytest.approx((out["map_a2v"] + out["map_v2a"]) / 2, abs=1e-15)
+    assert out["map_a2v"] != pytest.approx(out["map_v2a"], abs=1e-6)  # the directions really differ
 
 
-def test_bad_shapes_are_refused():
+def test_bad_inputs_are_refused():
+    z = np.zeros
     with pytest.raises(ValueError, match="dimensions differ"):
-        retrieval_map(np.zeros((3, 2)), np.zeros((3, 4)), np.zeros(3), np.zeros(3))
+        retrieval_map(z((3, 2)), z((3, 4)), z(3), z(3))
     with pytest.raises(ValueError, match="labels must match rows"):
-        retrieval_map(np.zeros((3, 2)), np.zeros((4, 2)), np.zeros(3), np.zeros(3))
+        retrieval_map(z((3, 2)), z((4, 2)), z(3), z(3))
+    with pytest.raises(ValueError, match="labels must match rows"):
+        retrieval_map(z((3, 2)), z((4, 2)), z(2), z(4))
     with pytest.raises(ValueError, match="query: expected a 2-D"):
-        retrieval_map(np.zeros(3), np.zeros((4, 2)), np.zeros(3), np.zeros(4))
+        retrieval_map(z(3), z((4, 2)), z(3), z(4))
+    with pytest.raises(ValueError, match="gallery: expected a 2-D"):
+        retrieval_map(z((3, 2)), z((4, 2, 1)), z(3), z(4))
+    with pytest.raises(ValueError, match="gallery_labels: expected a 1-D"):
+        retrieval_map(z((3, 2)), z((4, 2)), z(3), z((4, 1)))
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        retrieval_map(np.array([[np.nan, 1.0]]), z((4, 2)), z(1), z(4))
+    with pytest.raises(ValueError, match="chunk_size"):
+        retrieval_map(z((3, 2)), z((4, 2)), z(3), z(4), chunk_size=0)
 
 
-def test_no_row_is_fully_sorted(monkeypatch):
-    """An exact mAP by label needs only the relevant columns sorted, never a whole gallery row."""
+def test_no_gallery_row_is_sorted(monkeypatch):
+    """Only the relevant columns (n / 4 here) may be sorted, never a whole gallery row."""
     n = 64
-    real_sort = torch.Tensor.sort
 
-    def guarded(self, *args, **kwargs):
-        assert self.shape[-1] < n, "a full gallery row was sorted"
-        return real_sort(self, *args, **kwargs)
-    monkeypatch.setattr(torch.Tensor, "sort", guarded)
-    monkeypatch.setattr(torch, "sort", lambda t, *a, **k: guarded(t, *a, **k))
-    monkeypatch.setattr(torch, "argsort", lambda *a, **k: pytest.fail("argsort used"))
+    def guard(real):
+        def checked(t, *args, **kwargs):
+            if t.shape and t.shape[-1] >= n:
+                raise AssertionError(f"{real.__name__} on a full gallery row, shape {tuple(t.shape)}")
+            return real(t, *args, **kwargs)
+        return checked
+    for owner in (torch, torch.Tensor):
+        for name in ("sort", "argsort", "msort", "topk", "kthvalue"):
+            if hasattr(owner, name):
+                monkeypatch.setattr(owner, name, guard(getattr(owner, name)))
     rng = np.random.default_rng(0)
-    retrieval_map(rng.normal(size=(n, 4)), rng.normal(size=(n, 4)), np.arange(n) % 4, np.arange(n) % 4)
+    q, g, lab = rng.normal(size=(n, 4)), rng.normal(size=(n, 4)), np.arange(n) % 4
+    with pytest.raises(AssertionError, match="full gallery row"):  # the guard does catch a row sort
+        torch.sort(torch.zeros(3, n), dim=1)
+    assert retrieval_map(q, g, lab, lab) == pytest.approx(_sklearn_map(q, g, lab, lab), abs=1e-6)
