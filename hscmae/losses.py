@@ -8,12 +8,59 @@ import torch.nn.functional as F
 def masked_recon_loss(recon: torch.Tensor, clean: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
     """MSE on the masked entries only, as in MAE: reconstructing the entries the encoder saw is an
     identity shortcut, predicting the hidden ones from the rest is what teaches conditional
-    sufficiency. With nothing masked (mask_ratio 0) it falls back to every entry (a plain AE)."""
-    err = (recon - clean).pow(2)
-    n = hidden.sum()
+    sufficiency. With nothing masked (mask_ratio 0) it falls back to every entry (a plain AE).
+    `hidden` is a bool or 0/1 float mask of the masked entries."""
+    # float64 sum: exact for any size, and ~20x faster than count_nonzero on a float mask
+    n = int(hidden.sum(dtype=torch.float64)) if hidden.is_floating_point() else int(torch.count_nonzero(hidden))
     if n == 0:
-        return err.mean()
-    return (err * hidden).sum() / n
+        return (recon - clean).pow(2).mean()
+    err = (recon - clean) * hidden
+    return (err * err).sum() / n
+
+
+class _TopCanonicalCorrelations(torch.autograd.Function):
+    """Sum of the top-k canonical correlations of (h1, h2) with its closed-form gradient.
+
+    Forward: whiten with Cholesky factors, T = L1^-1 S12 L2^-T, top-k eigenpairs of T^T T.
+    Backward (Andrew et al. 2013, restricted to the top k): with T = U D V^T, A = L1^-T U_k and
+    B = L2^-T V_k, dsum/dH1 = (H2c B - H1c A D_k) A^T / (b - 1) and symmetrically for H2. This
+    replaces autograd's path back through eigvalsh, two triangular solves and two Cholesky
+    factorisations (about 2 ms of a 36 ms step at batch 256); it is checked against finite
+    differences in tests/test_losses.py. The columns already have zero mean, so the gradient
+    through the centring is the same expression.
+    """
+
+    @staticmethod
+    def forward(ctx, h1, h2, k, reg):
+        b, d = h1.shape
+        x1 = h1.double()
+        x1 = x1 - x1.mean(0)
+        x2 = h2.double()
+        x2 = x2 - x2.mean(0)
+        eye = torch.eye(d, dtype=torch.float64)
+        l1 = torch.linalg.cholesky(torch.addmm(eye, x1.T, x1, beta=reg, alpha=1.0 / (b - 1)))
+        l2 = torch.linalg.cholesky(torch.addmm(eye, x2.T, x2, beta=reg, alpha=1.0 / (b - 1)))
+        t = torch.linalg.solve_triangular(l1, x1.T @ x2 / (b - 1), upper=False)  # L1^-1 S12
+        t = torch.linalg.solve_triangular(l2, t.T, upper=False).T  # ... L2^-T
+        eig, vecs = torch.linalg.eigh(t.T @ t)  # ascending
+        live = eig[-k:] > 1e-12  # a zero correlation contributes no gradient (and no 0/0)
+        corr = eig[-k:].clamp_min(1e-12).sqrt()
+        v = vecs[:, -k:] * live
+        u = t @ v / corr
+        a = torch.linalg.solve_triangular(l1.T, u, upper=True)
+        bb = torch.linalg.solve_triangular(l2.T, v, upper=True)
+        ctx.save_for_backward(x1, x2, a, bb, corr)
+        return corr.sum()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        x1, x2, a, bb, corr = ctx.saved_tensors
+        xa, xb = x1 @ a, x2 @ bb
+        scale = grad.double() / (x1.shape[0] - 1)
+        g1 = (xb - xa * corr) @ a.T * scale
+        g2 = (xa - xb * corr) @ bb.T * scale
+        return g1, g2, None, None
 
 
 def dcca_loss(h1: torch.Tensor, h2: torch.Tensor, k: int, reg: float = 1e-3) -> torch.Tensor:
@@ -26,45 +73,38 @@ def dcca_loss(h1: torch.Tensor, h2: torch.Tensor, k: int, reg: float = 1e-3) -> 
     roots: the eigenvector gradient of the latter divides by eigenvalue gaps, which are exactly
     zero when b < d (many eigenvalues equal the ridge), and training diverges to NaN. The top-k
     correlations are square roots of the top-k eigenvalues of T^T T (Andrew et al. 2013), whose
-    gradient needs no gaps. The constant k makes the loss >= 0, which learned loss weighting needs
-    (log-variance weighting drives the weight of a negative term to infinity); it does not change
-    the gradient.
+    closed-form gradient (see _TopCanonicalCorrelations) needs no gaps. The constant k makes the
+    loss >= 0, which learned loss weighting needs (log-variance weighting drives the weight of a
+    negative term to infinity); it does not change the gradient.
     """
     b, d = h1.shape
-    dtype = h1.dtype
     if b <= k:
         raise ValueError(f"DCCA needs batch size > cca_dim, got batch {b} and cca_dim {k}")
-    h1 = h1.double() - h1.double().mean(0)
-    h2 = h2.double() - h2.double().mean(0)
-    eye = torch.eye(d, dtype=torch.float64)
-    l1 = torch.linalg.cholesky(h1.T @ h1 / (b - 1) + reg * eye)
-    l2 = torch.linalg.cholesky(h2.T @ h2 / (b - 1) + reg * eye)
-    s12 = h1.T @ h2 / (b - 1)
-    t = torch.linalg.solve_triangular(l1, s12, upper=False)  # L1^-1 S12
-    t = torch.linalg.solve_triangular(l2, t.T, upper=False).T  # ... L2^-T
-    eig = torch.linalg.eigvalsh(t.T @ t)  # ascending
-    corr = eig[-k:].clamp_min(1e-12).sqrt()
-    return (k - corr.sum()).to(dtype)
+    return (k - _TopCanonicalCorrelations.apply(h1, h2, k, reg)).to(h1.dtype)
 
 
 def cosine_sim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return F.normalize(a, dim=1) @ F.normalize(b, dim=1).T
 
 
+def _topk_soft_positives(teacher_sim: torch.Tensor, k: int, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(indices, weights), both b x k: the clip's own pair plus the teacher's k-1 nearest other
+    clips, weighted by a softmax of the teacher's similarities / temperature over those k."""
+    # the diagonal set to +inf is always picked first; sorted topk is faster than unsorted here
+    pick = teacher_sim.clone().fill_diagonal_(float("inf")).topk(k, dim=1).indices
+    return pick, (teacher_sim.gather(1, pick) / temperature).softmax(dim=1)
+
+
 def soft_topk_targets(teacher_sim: torch.Tensor, k: int, temperature: float) -> torch.Tensor:
-    """Soft positives per row: the clip's own pair plus the teacher's k-1 nearest other clips,
-    weighted by a softmax of the teacher's similarities over those k; zero elsewhere.
+    """Soft positives per row as a dense b x b target (the weights of _topk_soft_positives
+    scattered into place, zero elsewhere).
 
     The pair is always a positive because pairing is the only supervision there is; the teacher
     adds the neighbours it is confident of (multi-event clips share content with several others).
     With k = 1 the target is the pair alone, so the loss is ordinary InfoNCE.
     """
-    b = teacher_sim.shape[0]
-    diag = torch.eye(b, dtype=torch.bool, device=teacher_sim.device)
-    pick = teacher_sim.masked_fill(diag, float("inf")).topk(k, dim=1).indices
-    logits = torch.full_like(teacher_sim, float("-inf"))
-    logits.scatter_(1, pick, teacher_sim.gather(1, pick) / temperature)
-    return logits.softmax(dim=1)
+    pick, w = _topk_soft_positives(teacher_sim, k, temperature)
+    return torch.zeros_like(teacher_sim).scatter_(1, pick, w)
 
 
 def soft_infonce(student_a: torch.Tensor, student_v: torch.Tensor, teacher_a: torch.Tensor,
@@ -72,14 +112,15 @@ def soft_infonce(student_a: torch.Tensor, student_v: torch.Tensor, teacher_a: to
     """Soft multi-positive InfoNCE in both directions (audio->visual and visual->audio).
 
     Student logits are its cross-modal cosine similarities / temperature; targets are mined from
-    the teacher's clean cross-modal similarities (no gradient flows into them)."""
+    the teacher's clean cross-modal similarities (no gradient flows into them). The loss gathers
+    the k target entries of each row rather than multiplying a dense b x b target."""
     logits = cosine_sim(student_a, student_v) / temperature
     with torch.no_grad():
         t_sim = cosine_sim(teacher_a, teacher_v)
-        target_a2v = soft_topk_targets(t_sim, k, temperature)
-        target_v2a = soft_topk_targets(t_sim.T, k, temperature)
-    loss_a2v = -(target_a2v * logits.log_softmax(dim=1)).sum(1).mean()
-    loss_v2a = -(target_v2a * logits.T.log_softmax(dim=1)).sum(1).mean()
+        pick_a2v, w_a2v = _topk_soft_positives(t_sim, k, temperature)
+        pick_v2a, w_v2a = _topk_soft_positives(t_sim.T, k, temperature)
+    loss_a2v = -(w_a2v * logits.log_softmax(dim=1).gather(1, pick_a2v)).sum(1).mean()
+    loss_v2a = -(w_v2a * logits.T.log_softmax(dim=1).gather(1, pick_v2a)).sum(1).mean()
     return (loss_a2v + loss_v2a) / 2
 
 

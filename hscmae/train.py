@@ -10,6 +10,7 @@ learned or fixed weights; after the optimiser step the teacher moves towards the
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -106,6 +107,39 @@ def train_step(model: HSCMAE, cfg: Config, xa: torch.Tensor, xv: torch.Tensor, g
     return total, stats
 
 
+def build_training(cfg: Config, data: Dataset):
+    """(model, log_vars, optimiser, generator) of a fresh run, seeded by cfg.seed."""
+    torch.manual_seed(cfg.seed)  # parameter init
+    gen = torch.Generator().manual_seed(cfg.seed)  # every other random draw: order, masks
+    model = build_model(cfg, data)
+    log_vars = {t: torch.zeros((), requires_grad=True) for t in active_terms(cfg)} if cfg.learned_weights else None
+    # fused: one kernel per step for all parameters (the unfused update was ~20% of a CPU step)
+    opt = torch.optim.AdamW(_param_groups(model, log_vars or {}, cfg.weight_decay), lr=cfg.lr, fused=True)
+    return model, log_vars, opt, gen
+
+
+def optimizer_step(model: HSCMAE, cfg: Config, opt: torch.optim.Optimizer, log_vars: dict | None,
+                   xa: torch.Tensor, xv: torch.Tensor, gen: torch.Generator, where: str = "") -> dict[str, float]:
+    """One training step on a batch: forward, finiteness check, backward, AdamW, EMA teacher update.
+    Returns the step's stats (loss terms, weights, total "loss"). `where` names the step in errors.
+    (bench/bench_train.py times exactly this function.)"""
+    try:
+        total, stats = train_step(model, cfg, xa, xv, gen, log_vars)
+    except torch.linalg.LinAlgError as e:  # NaN/Inf weights reach DCCA's Cholesky first
+        raise TrainingDiverged(f"DCCA's Cholesky failed at {where}: the embeddings are NaN/Inf or their "
+                               f"covariance is singular ({str(e).splitlines()[0][:160]})") from None
+    loss = float(total.detach())
+    if not math.isfinite(loss):
+        raise TrainingDiverged(f"loss is {loss} at {where} "
+                               f"({', '.join(f'{k}={v:.4g}' for k, v in stats.items())})")
+    opt.zero_grad(set_to_none=True)
+    total.backward()
+    opt.step()
+    model.update_teacher(cfg.ema_momentum)
+    stats["loss"] = loss
+    return stats
+
+
 def fit(cfg: Config, data: Dataset, *, on_epoch: Callable | None = None, resume_from: str | None = None,
         out_dir: str | None = None, log: Callable[[str], None] | None = print) -> dict:
     """Train for cfg.epochs epochs, evaluating on validation after each; return final metrics,
@@ -114,12 +148,7 @@ def fit(cfg: Config, data: Dataset, *, on_epoch: Callable | None = None, resume_
     cfg.validate(n_train=len(train_idx))
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)  # parameter init
-    gen = torch.Generator().manual_seed(cfg.seed)  # every other random draw: order, masks
-    model = build_model(cfg, data)
-    log_vars = {t: torch.zeros((), requires_grad=True) for t in active_terms(cfg)} if cfg.learned_weights else None
-    # fused: one kernel per step for all parameters (the unfused update was ~20% of a CPU step)
-    opt = torch.optim.AdamW(_param_groups(model, log_vars or {}, cfg.weight_decay), lr=cfg.lr, fused=True)
+    model, log_vars, opt, gen = build_training(cfg, data)
     start_epoch = 0
     if resume_from:
         state = load_checkpoint(resume_from)
@@ -149,20 +178,8 @@ def fit(cfg: Config, data: Dataset, *, on_epoch: Callable | None = None, resume_
         order = train_idx[torch.randperm(len(train_idx), generator=gen)]
         for i in range(n_batches):
             idx = order[i * b:(i + 1) * b]
-            try:
-                total, stats = train_step(model, cfg, audio[idx], visual[idx], gen, log_vars)
-            except torch.linalg.LinAlgError as e:  # NaN/Inf weights reach DCCA's Cholesky first
-                raise TrainingDiverged(f"DCCA's Cholesky failed at epoch {epoch}, step {i + 1}: the "
-                                       "embeddings are NaN/Inf or their covariance is singular "
-                                       f"({str(e).splitlines()[0][:160]})") from None
-            if not torch.isfinite(total):
-                raise TrainingDiverged(f"loss is {float(total.detach())} at epoch {epoch}, step {i + 1} "
-                                       f"({', '.join(f'{k}={v:.4g}' for k, v in stats.items())})")
-            opt.zero_grad(set_to_none=True)
-            total.backward()
-            opt.step()
-            model.update_teacher(cfg.ema_momentum)
-            stats["loss"] = float(total.detach())
+            stats = optimizer_step(model, cfg, opt, log_vars, audio[idx], visual[idx], gen,
+                                   where=f"epoch {epoch}, step {i + 1}")
             for k, v in stats.items():
                 sums[k] = sums.get(k, 0.0) + v
         za, zv = embed_all(model, data, cfg.eval_encoder)
