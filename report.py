@@ -521,7 +521,7 @@ def hparam_markdown_latex(exp: Experiment, table: pd.DataFrame, imp: pd.DataFram
         md, tex = _pm(r["val_map_mean"], r["val_map_std"])
         n = f"{r['n']} ({r['n_full']})"
         md_rows.append([f"`{r['param']}`", r["bin"], n, md, f"{r['val_map_max']:.3f}"])
-        tex_rows.append([f"\\texttt{{{_tex_escape(r['param'])}}}", r["bin"], n, tex, f"{r['val_map_max']:.3f}"])
+        tex_rows.append([f"\\texttt{{{_tex_escape(r['param'])}}}", _tex_escape(r["bin"]), n, tex, f"{r['val_map_max']:.3f}"])
     headers = ["Parameter", "Value", "Trials (full)", "val mAP", "best"]
     caption = (f"Validation mAP by searched value ({exp.name}): mean $\\pm$ std over trials of the final "
                f"val\\_map (ASHA-stopped trials at their last epoch); in brackets the trials that ran all "

@@ -23,6 +23,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "RAY_AUTH_MODE": "token", "PYTHONUNBUFFERED": "1"}
 MAX_EPOCHS = 6  # the smoke space's
 SEEDS = 2
+pytestmark = pytest.mark.slow  # every test reads the module's smoke search (~40 s to make)
 
 
 def run(*cmd, timeout=300):
