@@ -77,7 +77,7 @@ def one_search(prep, method: str, seed: int, budget: int, storage: str) -> list[
     sampler = optuna.samplers.TPESampler(seed=seed) if method.startswith("Optuna") else optuna.samplers.RandomSampler(seed=seed)
     asha = "ASHA" in method
     # the space's ASHA settings, grace scaled to this budget's max_epochs (default: 10 of 60)
-    grace = max(1, round(space.grace_period * max_epochs / 60)) if max_epochs < 60 else space.grace_period
+    grace = max(1, math.ceil(space.grace_period * max_epochs / 60)) if max_epochs < 60 else space.grace_period
     scheduler = (ASHAScheduler(time_attr="epoch", max_t=max_epochs, grace_period=grace,
                                reduction_factor=space.reduction_factor) if asha else FIFOScheduler())
     recorder = make_recorder(budget)

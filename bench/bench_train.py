@@ -90,7 +90,8 @@ class StepRunner:
                 self.i = 0
             idx = self.order[self.i * b:(self.i + 1) * b]
             self.i += 1
-            T.optimizer_step(self.model, self.cfg, self.opt, self.log_vars, self.audio[idx], self.visual[idx], self.gen)
+            T.optimizer_step(self.model, self.cfg, self.opt, self.log_vars, self.audio.index_select(0, idx),
+                             self.visual.index_select(0, idx), self.gen)
 
 
 class NetsOnly:
