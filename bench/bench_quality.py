@@ -4,6 +4,11 @@
         --extra-config bench/best_default_search.yaml --extra-name "HSC-MAE, best config of a default search"
     python bench/bench_quality.py --quick         # synthetic:tiny, 1 seed, 2 epochs (CI); --no-write leaves BENCHMARKS.md alone
 
+The cca-zoo interpreter: a separate venv that sees this project's packages through a .pth file, so
+pip resolves cca-zoo[deep] against our torch 2.13 and installs only what is missing (Lightning etc.):
+    python -m venv /tmp/ccazoo && python -c "import site; print(site.getsitepackages()[0])" \
+        > /tmp/ccazoo/lib/python3.11/site-packages/project.pth && /tmp/ccazoo/bin/pip install 'cca-zoo[deep]'
+
 Rows, per data set (split fixed: split_seed 0; seed = model seed 0, 1, 2):
 (a) linear CCA on the raw standardised features, ridge and dimension grid-searched on validation
     (`hscmae.baselines.linear_cca_baseline`; deterministic, so one run);
@@ -15,7 +20,8 @@ Rows, per data set (split fixed: split_seed 0; seed = model seed 0, 1, 2):
     separate virtual environment, so cca-zoo and Lightning never enter the project's) or, without
     that flag, ours: reconstruction + DCCA only (mask_ratio 0, fixed weights 1:1, no teacher);
 (d) HSC-MAE with the shipped config/hsc_mae.yaml (test_cca auto);
-(e) every --extra-config YAML (e.g. the best config of a search), 3 seeds, a row each.
+(e) every --extra-config YAML (e.g. the best config of a search), 3 seeds, a row each;
+and an ablation of the shipped config on the first data set, seed 0 (`hscmae.ablation.COMPONENTS`).
 
 Budget: synthetic:vegas has ~6.8x AVE's training clips, so it runs the number of epochs that gives
 the same number of optimiser steps as on AVE (100 x 2900 / 19600 -> 15 for the shipped config;
@@ -42,6 +48,7 @@ import torch  # noqa: E402
 
 from bench.common import command_line, machine_info, md_table, parser, publish  # noqa: E402
 from hscmae import train as T  # noqa: E402
+from hscmae.ablation import COMPONENTS, ablation_runs  # noqa: E402
 from hscmae.baselines import dcca_config, linear_cca_baseline  # noqa: E402
 from hscmae.config import config_from_dict, load_config  # noqa: E402
 from hscmae.data import load_data  # noqa: E402
@@ -51,7 +58,8 @@ CONFIG = os.path.join(_REPO, "config", "hsc_mae.yaml")
 COLUMNS = ["data", "method", "runs", "hyperparameters (chosen on val)", "val mAP", "test mAP",
            "test a2v", "test v2a", "HSC-MAE lead (test)", "s/run"]
 SEARCH_COLUMNS = ["data", "baseline", "lr", "embed_dim", "cca_dim", "val mAP raw", "val mAP auto", "chosen"]
-TABLES = {"quality": COLUMNS, "baseline_search": SEARCH_COLUMNS}
+ABLATION_COLUMNS = ["data", "component switched off", "change", "val mAP", "test mAP", "test mAP vs full"]
+TABLES = {"quality": COLUMNS, "baseline_search": SEARCH_COLUMNS, "ablation": ABLATION_COLUMNS}
 # embed_dim 128 as HSC-MAE's; cca-zoo's DCCAE embeds in cca_dim dimensions (its n_components)
 GRID = {"lr": (1e-3, 3e-3), "embed_dim": (128,), "cca_dim": (16, 32)}
 QUICK_GRID = {"lr": (1e-3, 3e-3), "embed_dim": (64,), "cca_dim": (16,)}
@@ -233,6 +241,14 @@ def run(args) -> tuple[dict, dict]:
             for point in grid:
                 stage1.append(baseline_job(s, b, point, seeds[0], "search"))
         stage1.append({"kind": "linear_cca", "data": s, "method": "(a) linear CCA on raw features", "seed": None})
+        if s == setups[0]["data"]:  # ablation of the shipped config, first data set, first seed
+            st_cfg = st["configs"][HSC].to_dict()
+            for run in ablation_runs(config_from_dict({**st_cfg, "epochs": st["epochs"][HSC]}), seeds=[seeds[0]]):
+                # "full" is the shipped run itself; "no test-time CCA" is its test_cca=off scoring
+                if run.config is not None and run.component not in ("full", "no_test_cca"):
+                    stage1.append({"kind": "fit", "data": s, "method": "ablation", "seed": seeds[0],
+                                   "component": run.label, "change": run.changes,
+                                   "config": _cfg_dict(run.config, s, st["epochs"][HSC], seeds[0])})
     # longest first: big data, then HSC-MAE, then the rest
     weight = {"synthetic:vegas": 10, "synthetic:ave": 2}
     stage1.sort(key=lambda j: -(weight.get(j["data"], 1) * (3 if j["method"] != "search" else 1)))
@@ -341,7 +357,27 @@ def summarise(results, chosen, setups, info) -> dict:
             search_rows.append({"data": s, "baseline": BASELINES[r["baseline"]], "lr": p["lr"],
                                 "embed_dim": p["cca_dim"] if r["kind"] == "ccazoo" else p["embed_dim"], "cca_dim": p["cca_dim"], "val mAP raw": r["off"]["val_map"], "val mAP auto": r["auto"]["val_map"],
                                 "chosen": ", ".join({"off": "raw", "auto": "auto"}[t] for t in tag)})
-    return {"quality": rows, "baseline_search": search_rows}
+    return {"quality": rows, "baseline_search": search_rows, "ablation": ablation_rows(results, setups)}
+
+
+def ablation_rows(results, setups) -> list[dict]:
+    """Each component switched off in the shipped config (first data set, first seed), against
+    the shipped run of that seed; "no test-time CCA" is that run scored with test_cca off."""
+    s = setups[0]["data"]
+    full = next(r for r in results if r["data"] == s and r["method"] == HSC and r["seed"] == min(
+        x["seed"] for x in results if x["data"] == s and x["method"] == HSC))
+    ref = full["auto"]["test_map"]
+
+    def row(label, change, m):
+        return {"data": s, "component switched off": label, "change": change, "val mAP": m["val_map"],
+                "test mAP": m["test_map"], "test mAP vs full": f"{m['test_map'] - ref:+.3f}" if label != "(none)" else ""}
+
+    rows = [row("(none)", f"shipped config, seed {full['seed']}", full["auto"]),
+            row("no test-time CCA", "test_cca=off", full["off"])]
+    order = [label for _, label, _ in COMPONENTS]
+    for r in sorted((r for r in results if r["method"] == "ablation"), key=lambda r: order.index(r["component"])):
+        rows.append(row(r["component"], r["change"], r["auto"]))
+    return rows
 
 
 def verdicts(rows) -> list[str]:
@@ -377,7 +413,10 @@ def render(tables, info, command, header) -> str:
              "each scoring); fit()'s per-epoch validation is skipped (it never influences training).",
              "", md_table(COLUMNS, tables["quality"], {"s/run": ".0f"}), "", *verdicts(tables["quality"]), "",
              "Baseline searches (seed 0; val mAP only, test never looked at for the choice):", "",
-             md_table(SEARCH_COLUMNS, tables["baseline_search"], {"lr": "g", "val mAP raw": ".4f", "val mAP auto": ".4f"}), ""]
+             md_table(SEARCH_COLUMNS, tables["baseline_search"], {"lr": "g", "val mAP raw": ".4f", "val mAP auto": ".4f"}), "",
+             "Ablation of the shipped config (one component off at a time, same seed and epochs; "
+             "`hscmae.ablation.COMPONENTS`; one seed: read differences against the seed std of the shipped row above):", "",
+             md_table(ABLATION_COLUMNS, tables["ablation"], {"val mAP": ".4f", "test mAP": ".4f"}), ""]
     return "\n".join(lines)
 
 
