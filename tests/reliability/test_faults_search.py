@@ -184,7 +184,9 @@ def faulty_search(tmp_path_factory):
         before = epochs(exp).get(killed, [])
         prog_before = progress(exp)[killed]
         os.kill(pid, signal.SIGKILL)
+        t_kill = time.time()
         rc, out = finish(p, log)
+        print(f"[measured] search finished {time.time() - t_kill:.0f}s after the actor kill")
     finally:
         cleanup(p)
         shutil.rmtree(ray_tmp, ignore_errors=True)
@@ -245,6 +247,8 @@ def test_killed_trial_actor_is_retried_from_its_checkpoint(faulty_search):
     # not checkpointed before the kill may be reported twice)
     assert sorted(set(eps)) == list(range(1, EPOCHS + 1)) and eps == sorted(eps), eps
     assert len(eps) - EPOCHS <= 1, eps
+    print(f"[measured] actor killed after checkpointing epoch {s['prog_before']} (reported {s['before']}); "
+          f"epochs reported overall {eps}")
     summary = s["out"][s["out"].rfind("[hscmae] 4 trials"):]
     assert f"{EPOCHS} epochs" in summary.splitlines()[0] and "2 errored" in summary.splitlines()[0]
 
@@ -468,4 +472,6 @@ def test_worker_node_lost_mid_search_finishes_on_the_head(tmp_path, ray_tmpdir):
     after = [r["node_id"] for r in res[victim][len(before):]]
     assert after and after[-1] == head, "the lost node's trial did not move to the head node"
     assert {r["node_id"] for rs in res.values() for r in rs} == {head, worker}
+    print(f"[measured] node lost after epochs {before}; the trial went on on the head from epoch "
+          f"{e[len(before)]} to {e[-1]}")
     assert os.path.exists(os.path.join(trial_dirs(exp)[victim], "error.txt"))  # the failure Tune retried
