@@ -244,6 +244,7 @@ def test_sigkill_while_a_checkpoint_is_written_leaves_the_old_or_the_new_one(tmp
         assert torch.equal(state["model"]["w"], big)
         last = state["epoch"]
     assert mid_write >= 2, f"only {mid_write} of 6 kills landed inside a write"
+    print(f"[measured] {mid_write} of 6 kills landed inside a checkpoint write; every checkpoint loaded")
 
 
 # ------------------------------------------------------------------------------------------------
