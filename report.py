@@ -755,6 +755,11 @@ def write_summary(exp: Experiment, out: str, facts: dict) -> None:
              f"Experiment `{exp.path}`: {len(t)} trials ({', '.join(parts)}); at most {exp.max_epochs} epochs "
              f"per trial; space `{exp.space.get('name', '?')}`.", ""]
     lines += [f"> Note: {n}." for n in exp.notes] + ([""] if exp.notes else [])
+    errored = t[t["status"] == "errored"]
+    if len(errored):  # the reason is what a reader needs first (a diverged lr, a bad checkpoint ...)
+        lines += ["## Errored trials", "",
+                  markdown_table(["Trial", "Error"], [[f"`{r.trial_id}`", str(r.error).replace("|", "\\|")]
+                                                      for r in errored.itertuples()]), ""]
     lines += ["## Best configuration", ""]
     if best is None:
         lines += ["No trial has a validation score yet.", ""]

@@ -279,7 +279,7 @@ def test_what_a_local_ray_listens_on(faulty_search):
 
 def test_report_shows_the_nan_trials_as_errored_with_the_reason(faulty_search, tmp_path):
     """report.py on the search: the diverged trials are 'errored' with TrainingDiverged as the
-    reason in trials.parquet, and summary.md counts them; the killed-and-retried trial is not
+    reason in trials.parquet, and summary.md counts and lists them with it; the killed-and-retried trial is not
     errored (it finished)."""
     import pandas as pd
 
@@ -294,7 +294,10 @@ def test_report_shows_the_nan_trials_as_errored_with_the_reason(faulty_search, t
     for t in diverged:
         assert trials.loc[t, "error"].startswith("hscmae.train.TrainingDiverged: "), trials.loc[t, "error"]
     assert trials.loc[faulty_search["killed"], "status"] == "terminated"
-    assert "2 errored" in (out / "summary.md").read_text()
+    summary = (out / "summary.md").read_text()
+    assert "2 errored" in summary
+    errored_rows = [line for line in summary.splitlines() if "TrainingDiverged" in line]
+    assert {t for t in diverged if any(f"`{t}`" in line for line in errored_rows)} == diverged, summary
 
 
 # ------------------------------------------------------------------------------------------------
