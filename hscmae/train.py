@@ -143,7 +143,13 @@ def optimizer_step(model: HSCMAE, cfg: Config, opt: torch.optim.Optimizer, log_v
 def fit(cfg: Config, data: Dataset, *, on_epoch: Callable | None = None, resume_from: str | None = None,
         out_dir: str | None = None, log: Callable[[str], None] | None = print) -> dict:
     """Train for cfg.epochs epochs, evaluating on validation after each; return final metrics,
-    test included. See DESIGN-INTERFACE.md for on_epoch / resume_from."""
+    test included.
+
+    on_epoch(metrics, save_checkpoint) is called after every epoch with that epoch's metrics
+    ("epoch" 1-based, val_map[_a2v|_v2a], the loss terms, the learned weights; the last epoch also
+    has the test scores) and a function that writes a full checkpoint atomically to a path it is
+    given; returning True stops training. resume_from: a checkpoint file; training continues from
+    the epoch after it and ends bit-identical to an uninterrupted run."""
     train_idx = torch.from_numpy(data.splits["train"])
     cfg.validate(n_train=len(train_idx))
     if cfg.threads:
