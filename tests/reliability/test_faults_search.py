@@ -242,11 +242,13 @@ def test_killed_trial_actor_is_retried_from_its_checkpoint(faulty_search):
     assert "TrainingDiverged" not in err and ("died" in err.lower() or "actor" in err.lower()), err[-1500:]
     eps = epochs(exp)[t]
     assert eps[-1] == EPOCHS, f"the killed trial did not finish: {eps}"
-    assert eps.count(1) == 1, f"the killed trial restarted from epoch 0: {eps}"
-    # resumed from its last checkpoint: every epoch reported once, in order (an epoch trained but
-    # not checkpointed before the kill may be reported twice)
-    assert sorted(set(eps)) == list(range(1, EPOCHS + 1)) and eps == sorted(eps), eps
-    assert len(eps) - EPOCHS <= 1, eps
+    # resumed from its last checkpoint: epochs in order, never back to 1 (an epoch trained but not
+    # checkpointed before the kill may be reported twice). Tune itself may drop the lines logged
+    # before the kill: on a retry with a checkpoint it re-downloads result.json from storage, which
+    # can lag the driver's copy (seen once: [3, ..., 8]); then what is missing is a prefix only.
+    assert eps.count(1) <= 1 and eps == sorted(eps), f"the killed trial restarted from epoch 0: {eps}"
+    assert sorted(set(eps)) == list(range(eps[0], EPOCHS + 1)) and eps[0] <= s["prog_before"] + 1, eps
+    assert len(eps) - len(set(eps)) <= 1, eps
     print(f"[measured] actor killed after checkpointing epoch {s['prog_before']} (reported {s['before']}); "
           f"epochs reported overall {eps}")
     summary = s["out"][s["out"].rfind("[hscmae] 4 trials"):]
