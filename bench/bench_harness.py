@@ -11,8 +11,10 @@ that the data set is held once in memory however many trials run at once.
    per-epoch validation; the on_epoch callback, where Tune reporting and checkpointing happen, is
    outside it), read back from the trials' result.json files. The fraction is that sum divided by
    the trial slots the search had: wall time x concurrent trials. Tune's own per-trial time
-   (`time_total_s`) splits the rest into reporting + checkpointing (inside the trainable, outside
-   fit's epochs) and everything else (start-up, scheduling, idle slots while the last trials run).
+   (`time_this_iter_s`, `time_total_s`) splits the rest into each trial's set-up (first report's
+   interval minus fit's first epoch: imports in a fresh worker, model build), reporting +
+   checkpointing (the rest of the trainable's time outside fit's epochs) and everything else
+   (Python and Ray start-up, scheduling, idle slots while the last trials run).
 2. Memory. The default space on synthetic:vegas (the largest preset: 129 MB of float32 features),
    2 trials x 2 epochs, with --max-concurrent 1 and then 2. Every 0.25 s the script reads
    /proc/<pid>/smaps_rollup and smaps of every process under the search command: the peak of the
@@ -39,7 +41,8 @@ from bench.common import command_line, machine_info, md_table, parser, publish  
 
 SECTION = "bench_harness"
 OVERHEAD_COLUMNS = ["space", "trials", "epochs trained", "concurrent", "wall s", "inside fit s",
-                    "reporting + checkpointing s", "start-up, scheduling, idle slots s", "% of slot time inside fit"]
+                    "trial set-up s", "reporting + checkpointing s", "Ray start-up, scheduling, idle slots s",
+                    "% of slot time inside fit"]
 MEMORY_COLUMNS = ["concurrent trials", "data set MB", "peak sum of PSS, all processes MB",
                   "trial workers seen", "per worker: private MB", "per worker: object-store pages resident MB"]
 TABLES = {"overhead": OVERHEAD_COLUMNS, "memory": MEMORY_COLUMNS}
@@ -128,19 +131,23 @@ def run_search(args: list[str], storage: str, name: str, sample_memory: bool = F
         with open(path) as f:
             rows = [json.loads(ln) for ln in f if ln.strip()]
         if rows:
+            # Tune times each report from the previous one (the first from the trial's start), so the
+            # first interval minus fit's first epoch is the trial's set-up: imports, model build
             trials.append({"epochs": len(rows), "fit_s": sum(r["epoch_time_s"] for r in rows),
+                           "setup_s": rows[0]["time_this_iter_s"] - rows[0]["epoch_time_s"],
                            "trainable_s": rows[-1]["time_total_s"]})
     return {"wall": wall, "trials": trials, "memory": sampler, "cmd": " ".join(cmd[1:])}
 
 
 def overhead_row(space: str, res: dict, concurrent: int) -> dict:
     fit_s = sum(t["fit_s"] for t in res["trials"])
+    setup_s = sum(t["setup_s"] for t in res["trials"])
     in_trainable = sum(t["trainable_s"] for t in res["trials"])
     slots = res["wall"] * concurrent
     return {"space": space, "trials": len(res["trials"]), "epochs trained": sum(t["epochs"] for t in res["trials"]),
             "concurrent": concurrent, "wall s": res["wall"], "inside fit s": fit_s,
-            "reporting + checkpointing s": in_trainable - fit_s,
-            "start-up, scheduling, idle slots s": slots - in_trainable,
+            "trial set-up s": setup_s, "reporting + checkpointing s": in_trainable - fit_s - setup_s,
+            "Ray start-up, scheduling, idle slots s": slots - in_trainable,
             "% of slot time inside fit": 100 * fit_s / slots}
 
 

@@ -142,7 +142,9 @@ def render(rows: list[dict], info: dict, command: str, header: str) -> str:
              f"- N queries x N gallery, D = {D} random float32 embeddings, K = {K} balanced classes; ours = "
              "`hscmae.metrics.retrieval_map`; floor = cosine matmul + one full torch.sort of every row (chunks of 1M "
              "scores), nothing else; sklearn = one `average_precision_score` per query on float64 cosines. Ours and "
-             "the floor alternate within each repeat; medians (1 repeat at 16k).", "",
+             "the floor alternate within each repeat; medians (1 repeat at 16k). \"peak MB\": resident-memory growth "
+             "during one of our mAP calls (memory the allocator already holds is reused, so it can be 0); the full "
+             f"similarity matrix would be {max(r['N'] for r in rows) ** 2 * 4 / 2**20:.0f} MB at N = {max(r['N'] for r in rows)}.", "",
              md_table(COLUMNS, rows, fmt), ""]
     at4k = [r for r in rows if r["N"] == 4000]
     if at4k:

@@ -129,7 +129,7 @@ def run(quick: bool, seeds: int, storage: str, best_out: str | None = None) -> t
     import tune_main
 
     if quick:
-        flags, trials, max_epochs, seeds = ["--space", "smoke", "--max-epochs", "2"], 1, 2, 1
+        flags, trials, max_epochs, seeds = ["--space", "smoke", "--max-epochs", "2"], 3, 2, 1
     else:
         flags, trials, max_epochs = ["--space", "default", "--max-epochs", "15"], 12, 15
     args = tune_main.parse_args(flags + ["--storage", storage])
@@ -219,7 +219,7 @@ def render(tables, info, command, header) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict[str, list[dict]]:
-    p = parser(__file__, __doc__, "smoke space, 1 trial x 2 epochs of budget, 2 methods, 1 seed (CI)")
+    p = parser(__file__, __doc__, "smoke space, 3 trials x 2 epochs of budget, 2 methods, 1 seed (CI)")
     p.add_argument("--seeds", type=int, default=3, help="search seeds per method (full mode)")
     p.add_argument("--best-config-out", default=None, metavar="YAML",
                    help="write the best trial's full config here (for bench_quality.py --extra-config)")
