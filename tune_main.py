@@ -358,7 +358,8 @@ def print_summary(results, exp: str, max_epochs: int, seconds: float) -> None:
     errored = [r for r in results if r.error]
     ok = [r for r in results if not r.error and r.metrics]
     early = [r for r in ok if r.metrics.get("epoch", 0) < max_epochs]
-    print(f"\n[hscmae] {len(results)} trials in {seconds / 60:.1f} min: {len(ok) - len(early)} ran all "
+    # seconds is this command's run: after --resume that is only the resumed part of the search
+    print(f"\n[hscmae] {len(results)} trials ({seconds / 60:.1f} min in this run): {len(ok) - len(early)} ran all "
           f"{max_epochs} epochs, {len(early)} stopped early by ASHA, {len(errored)} errored")
     for r in errored:
         print(f"  errored: {r.path}: {str(r.error).strip().splitlines()[-1][:200]}")
