@@ -254,7 +254,8 @@ def test_corrupt_result_file_is_one_clear_error(exp, tmp_path):
     copy = copy_experiment(exp, tmp_path / "c")
     result = sorted(glob.glob(str(copy / "run_trial_*" / "result.json")))[0]
     raw = open(result, "rb").read()
-    cut = raw.index(b"\n", len(raw) // 2) + 30  # mid-way through a line
+    start = raw.rstrip(b"\n").rfind(b"\n") + 1  # mid-way through the last line: the cut must
+    cut = start + (len(raw) - start) // 2  # land inside a line whatever the lines' lengths
     open(result, "wb").write(raw[:cut])
     r = run("report.py", copy)
     assert r.returncode != 0
