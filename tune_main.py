@@ -329,7 +329,10 @@ def main(argv: list[str] | None = None) -> int:
             trainable,
             tune_config=tune.TuneConfig(metric=METRIC, mode=MODE, num_samples=run["num_samples"],
                                         search_alg=ConcurrencyLimiter(searcher, run["max_concurrent"]),
-                                        scheduler=scheduler),
+                                        scheduler=scheduler,
+                                        # a finished trial's worker runs the next one: no fresh
+                                        # process importing torch per trial (bench_harness: 7.7%)
+                                        reuse_actors=True),
             run_config=tune.RunConfig(
                 name=run["name"], storage_path=exp.rsplit("/", 1)[0] if not local else os.path.dirname(exp),
                 failure_config=tune.FailureConfig(max_failures=args.max_failures),
