@@ -44,6 +44,7 @@ import yaml
 from hscmae import ablation
 from hscmae.config import Config, ConfigError, config_from_dict
 from hscmae.io import atomic_write, atomic_write_text
+from search_spaces import trial_config
 
 METRIC = "val_map"  # the search's objective (maximised); selection never looks at test
 SPLIT_METRICS = ("val_map", "val_map_a2v", "val_map_v2a", "test_map", "test_map_a2v", "test_map_v2a")
@@ -84,10 +85,9 @@ class Experiment:
     def full_config(self, trial: pd.Series) -> dict:
         """base_config.yaml, then the space's fixed keys, then the trial's sampled params: what
         tune_main.py trained (search-only helpers such as one_minus_ema_momentum are dropped)."""
-        known = Config.__dataclass_fields__
-        sampled = {k: _py(trial[k]) for k in self.params if k in known and _present(trial[k])}
+        sampled = {k: _py(trial[k]) for k in self.params if _present(trial[k])}
         try:
-            return config_from_dict({**self.base, **self.space.get("fixed", {}), **sampled}).to_dict()
+            return trial_config(self.base, self.space.get("fixed", {}), sampled).to_dict()
         except ConfigError as e:
             raise ReportError(f"{self.path}: trial {trial['trial_id']}'s config is not valid ({e})") from None
 

@@ -27,7 +27,7 @@ import yaml
 from hscmae.config import Config, ConfigError, load_config
 from hscmae.data import DataError, load_data
 from hscmae.io import atomic_write_text
-from search_spaces import SPACES, get_space
+from search_spaces import SPACES, get_space, trial_config
 
 METRIC, MODE = "val_map", "max"
 # Persist the experiment state every few seconds (Tune's default adapts to minutes), so a driver
@@ -42,8 +42,8 @@ class UsageError(ValueError):
 # ------------------------------------------------------------------------------------------------
 # The trainable: one HSC-MAE training run, reporting every epoch to Tune.
 # ------------------------------------------------------------------------------------------------
-def run_trial(params: dict, data=None, base: dict | None = None, space: str = "default",
-              checkpoint_every: int = 5, cpus: int = 1, fixed: dict | None = None) -> None:
+def run_trial(params: dict, data=None, base: dict | None = None, fixed: dict | None = None,
+              checkpoint_every: int = 5, cpus: int = 1) -> None:
     import shutil
 
     import torch
@@ -51,10 +51,8 @@ def run_trial(params: dict, data=None, base: dict | None = None, space: str = "d
 
     from hscmae.train import CheckpointError, fit
 
-    sp = get_space(space)
-    if fixed is not None:  # the space's fixed keys as the flags changed them (--max-epochs, --data)
-        sp = dataclasses.replace(sp, fixed=fixed)
-    cfg = sp.to_config(base, {**params, "threads": cpus})
+    # fixed: the space's fixed keys as the flags changed them (--max-epochs, --data)
+    cfg = trial_config(base or {}, fixed or {}, {**params, "threads": cpus})
     torch.set_num_threads(cpus)  # concurrent trials must not oversubscribe the cores
     resume = None
     ckpt = tune.get_checkpoint()
@@ -299,9 +297,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     cpus = args.cpus_per_trial
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, data=run["data"], base=run["base"], space=space.name,
-                             checkpoint_every=args.checkpoint_every or space.checkpoint_every, cpus=cpus,
-                             fixed=space.fixed),
+        tune.with_parameters(run_trial, data=run["data"], base=run["base"], fixed=space.fixed,
+                             checkpoint_every=args.checkpoint_every or space.checkpoint_every, cpus=cpus),
         {"cpu": cpus})
     max_epochs = run["probe"].epochs
     init_ray(args.address)

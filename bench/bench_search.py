@@ -82,8 +82,8 @@ def one_search(prep, method: str, seed: int, budget: int, storage: str) -> list[
                                reduction_factor=space.reduction_factor) if asha else FIFOScheduler())
     recorder = make_recorder(budget)
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, data=prep["data"], base=prep["base"], space=space.name,
-                             checkpoint_every=space.checkpoint_every, cpus=1, fixed=space.fixed), {"cpu": 1})
+        tune.with_parameters(run_trial, data=prep["data"], base=prep["base"], fixed=space.fixed,
+                             checkpoint_every=space.checkpoint_every, cpus=1), {"cpu": 1})
     tuner = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(metric=METRIC, mode=MODE, num_samples=budget if asha else budget // max_epochs,

@@ -13,6 +13,14 @@ from typing import Any, Callable
 from hscmae.config import Config, ConfigError, config_from_dict
 
 
+def trial_config(base: dict, fixed: dict, params: dict) -> Config:
+    """The full config of one trial: base YAML, then the space's fixed keys, then the sample.
+    Search-only helper parameters (not Config keys, e.g. one_minus_ema_momentum) are dropped.
+    The trainable and report.py (which has only space.json, not the Space) both build it here."""
+    known = Config.__dataclass_fields__
+    return config_from_dict({**base, **fixed, **{k: v for k, v in params.items() if k in known}})
+
+
 @dataclass(frozen=True)
 class Space:
     name: str
@@ -26,10 +34,7 @@ class Space:
     checkpoint_every: int = 5  # epochs between Tune checkpoints
 
     def to_config(self, base: dict, params: dict) -> Config:
-        """The full config of one trial: base YAML, then this space's fixed keys, then the sample.
-        Search-only helper parameters (not Config keys, e.g. one_minus_ema_momentum) are dropped."""
-        known = Config.__dataclass_fields__
-        return config_from_dict({**base, **self.fixed, **{k: v for k, v in params.items() if k in known}})
+        return trial_config(base, self.fixed, params)
 
     def describe(self) -> dict:
         """A JSON-able record of the space (what was searched and how), for the experiment folder."""

@@ -23,6 +23,7 @@ import tune_main
 from hscmae import train as T
 from hscmae.config import config_from_dict
 from hscmae.data import load_data
+from search_spaces import get_space
 
 TINY = {"data": "synthetic:tiny", "hidden_dim": 32, "embed_dim": 16, "batch_size": 64, "cca_dim": 4,
         "top_k": 3, "epochs": 2}
@@ -142,7 +143,8 @@ def _run_trial(monkeypatch, tiny, ckpt_dir):
     params = {"mask_ratio": 0.3, "one_minus_ema_momentum": 0.01, "ema_momentum": 0.99, "top_k": 2,
               "temperature": 0.1, "cca_dim": 4}
     base = config_from_dict({}).to_dict()
-    tune_main.run_trial(params, data=tiny, base=base, space="smoke", checkpoint_every=2, cpus=1)
+    tune_main.run_trial(params, data=tiny, base=base, fixed=get_space("smoke").fixed, checkpoint_every=2,
+                        cpus=1)
     return fake
 
 
