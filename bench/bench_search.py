@@ -1,12 +1,14 @@
 """Search efficiency at an equal epoch budget: OptunaSearch (TPE) and random search, each with and
 without ASHA, several search seeds each, on the default space.
 
-    python bench/bench_search.py            # full: synthetic:ave, 12 trials x 15 epochs of budget, 3 seeds; ~15 min
+    python bench/bench_search.py            # full: synthetic:ave, 36 trials x 15 epochs of budget, 3 seeds; ~60 min
+    python bench/bench_search.py --trials 12  # a third of the budget; ~20 min
     python bench/bench_search.py --quick    # smoke space, tiny budget, 2 methods, 1 seed (CI); --no-write
 
 Every search runs the harness's own trainable (`tune_main.run_trial`: fit() reporting val_map
 every epoch, checkpointing as the space says) with the data set put in Ray's object store once,
-1 CPU per trial, 2 trials at a time, in one Ray session; the methods run one after another.
+1 CPU per trial, 2 trials at a time, in one Ray session, trial workers reused as tune_main.py does;
+the methods run one after another.
 Random search is OptunaSearch with optuna's RandomSampler on the same define-by-run space, so the
 two searchers differ only in how they propose. The budget is counted in trained epochs (one per
 reported result, summed over all trials, in the order the driver receives them): the searches
@@ -89,7 +91,7 @@ def one_search(prep, method: str, seed: int, budget: int, storage: str) -> list[
         tune_config=tune.TuneConfig(metric=METRIC, mode=MODE, num_samples=budget if asha else budget // max_epochs,
                                     search_alg=ConcurrencyLimiter(OptunaSearch(space=space.sample, metric=METRIC, mode=MODE,
                                                                                sampler=sampler), 2),
-                                    scheduler=scheduler),
+                                    scheduler=scheduler, reuse_actors=True),
         run_config=tune.RunConfig(name=f"{method.replace(' ', '').replace(',', '_').replace('+', '_')}-{seed}",
                                   storage_path=storage, stop=recorder, verbose=0,
                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
@@ -123,7 +125,7 @@ def save_best_config(runs: list[dict], prep: dict, path: str) -> dict:
             "params": {k: v for k, v in best["best_params"].items() if k in cfg.to_dict()}}
 
 
-def run(quick: bool, seeds: int, storage: str, best_out: str | None = None) -> tuple[dict, dict]:
+def run(quick: bool, seeds: int, storage: str, best_out: str | None = None, trials: int = 36) -> tuple[dict, dict]:
     import ray
 
     import tune_main
@@ -131,7 +133,7 @@ def run(quick: bool, seeds: int, storage: str, best_out: str | None = None) -> t
     if quick:
         flags, trials, max_epochs, seeds = ["--space", "smoke", "--max-epochs", "2"], 3, 2, 1
     else:
-        flags, trials, max_epochs = ["--space", "default", "--max-epochs", "15"], 12, 15
+        flags, max_epochs = ["--space", "default", "--max-epochs", "15"], 15
     args = tune_main.parse_args(flags + ["--storage", storage])
     prep = tune_main.prepare(args)
     budget = trials * max_epochs
@@ -207,7 +209,7 @@ def render(tables, info, command, header) -> str:
         f"- {info['space']} space on {info['data']}; budget {info['budget']} epochs per search (= {info['trials']} trials x "
         f"{info['max_epochs']} epochs without a scheduler); max {info['max_epochs']} epochs per trial; ASHA rf 3, grace "
         "scaled from the space's 10 of 60; 2 trials at a time, 1 CPU each. This is a reduced budget (the default "
-        "search is 24 trials x 60 epochs), sized to run in about 15 minutes on 2 cores.",
+        "search is 24 trials x 60 epochs).",
         f"- level = best validation mAP found by any search - {TOLERANCE} = {info['level']:.4f}; \"epochs to level\" is the "
         "budget spent when the search's best completed trial first reached it.",
         "", md_table(SUMMARY_COLUMNS, tables["summary"]), "", verdict(tables["summary"], info["budget"]), "",
@@ -221,6 +223,9 @@ def render(tables, info, command, header) -> str:
 def main(argv: list[str] | None = None) -> dict[str, list[dict]]:
     p = parser(__file__, __doc__, "smoke space, 3 trials x 2 epochs of budget, 2 methods, 1 seed (CI)")
     p.add_argument("--seeds", type=int, default=3, help="search seeds per method (full mode)")
+    p.add_argument("--trials", type=int, default=36,
+                   help="budget per search in trials of 15 epochs (full mode; 12 was too small for random "
+                        "search without a scheduler to reach the level in most seeds)")
     p.add_argument("--best-config-out", default=None, metavar="YAML",
                    help="write the best trial's full config here (for bench_quality.py --extra-config)")
     args = p.parse_args(argv)
@@ -230,7 +235,7 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict]]:
     os.chdir(_REPO)  # tune_main resolves config/hsc_mae.yaml from the repository root
     try:
         best_out = args.best_config_out and os.path.abspath(os.path.join(cwd, args.best_config_out))
-        tables, info = run(args.quick, args.seeds, storage, best_out)
+        tables, info = run(args.quick, args.seeds, storage, best_out, args.trials)
     finally:
         os.chdir(cwd)
         shutil.rmtree(storage, ignore_errors=True)
