@@ -210,16 +210,14 @@ def write_metadata(exp: str, files: dict[str, str]) -> None:
 
 
 def versions() -> dict:
-    import numpy
-    import optuna
-    import ray
-    import torch
+    # from the installed packages' metadata: importing torch here would cost the driver ~1 s of
+    # start-up (and its exit) while both trial slots wait; only the trial workers need torch
+    from importlib.metadata import version
 
     import hscmae
 
-    return {"python": platform.python_version(), "torch": torch.__version__, "ray": ray.__version__,
-            "optuna": optuna.__version__, "numpy": numpy.__version__, "hscmae": hscmae.__version__,
-            "platform": platform.platform()}
+    return {"python": platform.python_version(), **{m: version(m) for m in ("torch", "ray", "optuna", "numpy")},
+            "hscmae": hscmae.__version__, "platform": platform.platform()}
 
 
 def prepare(args):
