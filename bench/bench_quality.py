@@ -21,7 +21,7 @@ Rows, per data set (split fixed: split_seed 0; seed = model seed 0, 1, 2):
     that flag, ours: reconstruction + DCCA only (mask_ratio 0, fixed weights 1:1, no teacher);
 (d) HSC-MAE with the shipped config/hsc_mae.yaml (test_cca auto);
 (e) every --extra-config YAML (e.g. the best config of a search), 3 seeds, a row each;
-and an ablation of the shipped config on the first data set, seed 0 (`hscmae.ablation.COMPONENTS`).
+and an ablation of the shipped config on each data set, seed 0 (`hscmae.ablation.COMPONENTS`).
 
 Budget: synthetic:vegas has ~6.8x AVE's training clips, so it runs the number of epochs that gives
 the same number of optimiser steps as on AVE (100 x 2900 / 19600 -> 15 for the shipped config;
@@ -241,14 +241,14 @@ def run(args) -> tuple[dict, dict]:
             for point in grid:
                 stage1.append(baseline_job(s, b, point, seeds[0], "search"))
         stage1.append({"kind": "linear_cca", "data": s, "method": "(a) linear CCA on raw features", "seed": None})
-        if s == setups[0]["data"]:  # ablation of the shipped config, first data set, first seed
-            st_cfg = st["configs"][HSC].to_dict()
-            for run in ablation_runs(config_from_dict({**st_cfg, "epochs": st["epochs"][HSC]}), seeds=[seeds[0]]):
-                # "full" is the shipped run itself; "no test-time CCA" is its test_cca=off scoring
-                if run.config is not None and run.component not in ("full", "no_test_cca"):
-                    stage1.append({"kind": "fit", "data": s, "method": "ablation", "seed": seeds[0],
-                                   "component": run.label, "change": run.changes,
-                                   "config": _cfg_dict(run.config, s, st["epochs"][HSC], seeds[0])})
+        # ablation of the shipped config on every data set, first seed
+        st_cfg = st["configs"][HSC].to_dict()
+        for run in ablation_runs(config_from_dict({**st_cfg, "epochs": st["epochs"][HSC]}), seeds=[seeds[0]]):
+            # "full" is the shipped run itself; "no test-time CCA" is its test_cca=off scoring
+            if run.config is not None and run.component not in ("full", "no_test_cca"):
+                stage1.append({"kind": "fit", "data": s, "method": "ablation", "seed": seeds[0],
+                               "component": run.label, "change": run.changes,
+                               "config": _cfg_dict(run.config, s, st["epochs"][HSC], seeds[0])})
     # longest first: big data, then HSC-MAE, then the rest
     weight = {"synthetic:vegas": 10, "synthetic:ave": 2}
     stage1.sort(key=lambda j: -(weight.get(j["data"], 1) * (3 if j["method"] != "search" else 1)))
@@ -361,22 +361,25 @@ def summarise(results, chosen, setups, info) -> dict:
 
 
 def ablation_rows(results, setups) -> list[dict]:
-    """Each component switched off in the shipped config (first data set, first seed), against
+    """Each component switched off in the shipped config (every data set, first seed), against
     the shipped run of that seed; "no test-time CCA" is that run scored with test_cca off."""
-    s = setups[0]["data"]
-    full = next(r for r in results if r["data"] == s and r["method"] == HSC and r["seed"] == min(
-        x["seed"] for x in results if x["data"] == s and x["method"] == HSC))
-    ref = full["auto"]["test_map"]
-
-    def row(label, change, m):
-        return {"data": s, "component switched off": label, "change": change, "val mAP": m["val_map"],
-                "test mAP": m["test_map"], "test mAP vs full": f"{m['test_map'] - ref:+.3f}" if label != "(none)" else ""}
-
-    rows = [row("(none)", f"shipped config, seed {full['seed']}", full["auto"]),
-            row("no test-time CCA", "test_cca=off", full["off"])]
+    rows = []
     order = [label for _, label, _ in COMPONENTS]
-    for r in sorted((r for r in results if r["method"] == "ablation"), key=lambda r: order.index(r["component"])):
-        rows.append(row(r["component"], r["change"], r["auto"]))
+    for st in setups:
+        s = st["data"]
+        full = next(r for r in results if r["data"] == s and r["method"] == HSC and r["seed"] == min(
+            x["seed"] for x in results if x["data"] == s and x["method"] == HSC))
+        ref = full["auto"]["test_map"]
+
+        def row(label, change, m):
+            return {"data": s, "component switched off": label, "change": change, "val mAP": m["val_map"],
+                    "test mAP": m["test_map"], "test mAP vs full": f"{m['test_map'] - ref:+.3f}" if label != "(none)" else ""}
+
+        rows += [row("(none)", f"shipped config, seed {full['seed']}", full["auto"]),
+                 row("no test-time CCA", "test_cca=off", full["off"])]
+        mine = [r for r in results if r["method"] == "ablation" and r["data"] == s]
+        for r in sorted(mine, key=lambda r: order.index(r["component"])):
+            rows.append(row(r["component"], r["change"], r["auto"]))
     return rows
 
 
