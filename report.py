@@ -52,7 +52,7 @@ SPLIT_METRICS = ("val_map", "val_map_a2v", "val_map_v2a", "test_map", "test_map_
 BOOKKEEPING = {"timestamp", "date", "pid", "hostname", "node_ip", "node_id", "config", "checkpoint_dir_name",
                "done", "should_checkpoint", "trial_id", "training_iteration", "iterations_since_restore",
                "time_since_restore", "experiment_tag", "epoch"}
-METRIC_ORDER = (*SPLIT_METRICS, "test_cca", "loss", "loss_recon", "loss_dcca", "loss_infonce",
+METRIC_ORDER = (*SPLIT_METRICS, "test_cca", "test_cca_reg", "test_cca_dim", "loss", "loss_recon", "loss_dcca", "loss_infonce",
                 "loss_distill", "w_recon", "w_dcca", "w_infonce", "w_distill", "epoch_time_s",
                 "time_this_iter_s", "time_total_s")
 STATUS_LABEL = {"terminated": "ran all epochs", "stopped_early": "stopped early by ASHA",

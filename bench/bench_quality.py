@@ -124,7 +124,8 @@ def job(spec: dict) -> dict:
     else:
         cfg = config_from_dict(spec["config"])
         final, off = _fit_both_scorings(cfg, data)
-        keep = ("val_map", "val_map_a2v", "val_map_v2a", "test_map", "test_map_a2v", "test_map_v2a", "test_cca")
+        keep = ("val_map", "val_map_a2v", "val_map_v2a", "test_map", "test_map_a2v", "test_map_v2a", "test_cca",
+                "test_cca_dim")
         out["auto"] = {k: final[k] for k in keep if k in final}
         out["off"] = {k: off[k] for k in keep if k in off}
     out["seconds"] = time.perf_counter() - t0
@@ -336,16 +337,14 @@ def summarise(results, chosen, setups, info) -> dict:
                     if r.get("baseline") == b and r["point"] == p and r["seed"] not in seen:
                         seen.add(r["seed"])
                         runs.append(r)
-                used = sum(1 for r in runs if r[mode].get("test_cca") == 1.0)
                 hyper = (f"lr {p['lr']:g}, embed {p['cca_dim'] if b == 'dccae' and info['dccae'] else p['embed_dim']}, "
-                         f"cca_dim {p['cca_dim']}; {e} epochs" + (f"; CCA chosen in {used}/{len(runs)}" if mode == "auto" else ""))
+                         f"cca_dim {p['cca_dim']}; {e} epochs" + (f"; {_cca_used(runs)}" if mode == "auto" else ""))
                 block.append(row(f"{label}{who}, {how}", runs, mode, hyper))
         for name, cfg in st["configs"].items():
             rs = [r for r in mine if r["method"] == name]
-            used = sum(1 for r in rs if r["auto"].get("test_cca") == 1.0)
             label = name if name == HSC else f"(e) {name}"
             block.append(row(label, rs, "auto", f"batch {cfg.batch_size}, lr {cfg.lr:g}, {st['epochs'][name]} epochs; "
-                                                 f"CCA chosen in {used}/{len(rs)}"))
+                                                 f"{_cca_used(rs)}"))
         hsc = next(r for r in block if r["method"] == HSC)
         hm = _mean_std(hsc["_test"])[0]
         for r in block:
@@ -358,6 +357,13 @@ def summarise(results, chosen, setups, info) -> dict:
                                 "embed_dim": p["cca_dim"] if r["kind"] == "ccazoo" else p["embed_dim"], "cca_dim": p["cca_dim"], "val mAP raw": r["off"]["val_map"], "val mAP auto": r["auto"]["val_map"],
                                 "chosen": ", ".join({"off": "raw", "auto": "auto"}[t] for t in tag)})
     return {"quality": rows, "baseline_search": search_rows, "ablation": ablation_rows(results, setups)}
+
+
+def _cca_used(runs) -> str:
+    """How often validation chose the test-time CCA, and at which dimensions."""
+    dims = [int(r["auto"]["test_cca_dim"]) for r in runs if r["auto"].get("test_cca") == 1.0 and "test_cca_dim" in r["auto"]]
+    used = sum(1 for r in runs if r["auto"].get("test_cca") == 1.0)
+    return f"CCA chosen in {used}/{len(runs)}" + (f" (dim {'/'.join(map(str, dims))})" if dims else "")
 
 
 def ablation_rows(results, setups) -> list[dict]:

@@ -25,6 +25,12 @@ def _matrix(a, name: str) -> np.ndarray:
     return a
 
 
+# The grid every linear CCA in this project is chosen from, on validation: the raw-feature baseline
+# and the test-time CCA on learned embeddings get the same one, so neither protocol is favoured.
+CCA_REGS = (1e-3, 1e-2, 1e-1, 1.0, 3.0, 10.0)
+CCA_DIMS = (8, 16, 24, 32, 48, 64, 96, 128)
+
+
 @dataclass
 class LinearCCA:
     mean_x: np.ndarray  # (dx,)

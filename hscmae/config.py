@@ -46,7 +46,7 @@ class Config:
     distill_weight: float = 1.0
     eval_encoder: str = "teacher"  # which encoders embed clips for retrieval: "teacher" | "student"
     test_cca: str = "auto"  # linear CCA on embeddings at test time: "auto" (chosen on val) | "on" | "off"
-    test_cca_dim: int = 0  # 0 = min(embed_dim, 64)
+    test_cca_dim: int = 0  # 0: chosen on val with the ridge at the final evaluation (hscmae.evaluate)
     # optimisation
     lr: float = 1e-3
     weight_decay: float = 1e-4

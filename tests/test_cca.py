@@ -6,7 +6,7 @@ import scipy.linalg
 import torch
 from sklearn.cross_decomposition import CCA
 
-from hscmae.cca import fit_linear_cca
+from hscmae.cca import CCA_DIMS, CCA_REGS, fit_linear_cca
 
 
 def _scipy_correlations(x, y, reg):
@@ -136,3 +136,61 @@ def test_bad_arguments():
     cca = fit_linear_cca(np.random.default_rng(0).normal(size=(10, 3)), np.random.default_rng(1).normal(size=(10, 2)), 1)
     with pytest.raises(ValueError, match="expected 3 features"):
         cca.transform_x(z((4, 2)))
+
+
+def _sklearn_map(a, v, labels):
+    """Mean of a->v and v->a mAP with cosine scores, by sklearn, one query at a time."""
+    from sklearn.metrics import average_precision_score
+
+    def one_way(q, g):
+        q = q / np.linalg.norm(q, axis=1, keepdims=True)
+        g = g / np.linalg.norm(g, axis=1, keepdims=True)
+        s = q @ g.T
+        return np.mean([average_precision_score(labels == labels[i], s[i]) for i in range(len(q))])
+
+    return (one_way(a, v) + one_way(v, a)) / 2
+
+
+def _grid_by_brute_force(za, zv, data, regs, dims):
+    """Every grid point fitted afresh at its own dimension, scored by sklearn: {(reg, dim): (val, test)}."""
+    tr = data.splits["train"]
+    out = {}
+    for reg in regs:
+        for dim in dims:
+            cca = fit_linear_cca(za[tr], zv[tr], dim, reg)
+            pa, pv = cca.transform_x(za), cca.transform_y(zv)
+            out[(reg, dim)] = tuple(_sklearn_map(pa[data.splits[s]], pv[data.splits[s]], data.labels[data.splits[s]])
+                                    for s in ("val", "test"))
+    return out
+
+
+def test_final_evaluation_chooses_the_test_time_cca_on_validation_only():
+    import dataclasses
+
+    from hscmae.config import Config
+    from hscmae.data import load_data
+    from hscmae.evaluate import best_linear_cca, protocol_scores
+
+    data = load_data("synthetic:tiny")
+    rng = np.random.default_rng(1)  # stand-ins for learned embeddings: noisy random maps of the features
+    za = np.tanh(data.audio @ rng.normal(size=(32, 24)) / 4) + 0.5 * rng.normal(size=(len(data), 24))
+    zv = np.tanh(data.visual @ rng.normal(size=(64, 24)) / 6) + 0.5 * rng.normal(size=(len(data), 24))
+    za, zv = za.astype(np.float32), zv.astype(np.float32)
+    regs, dims = (1e-3, 1.0, 10.0), (4, 8, 16, 24)
+    grid = _grid_by_brute_force(za, zv, data, regs, dims)
+    by_val = max(grid, key=lambda k: grid[k][0])
+    by_test = max(grid, key=lambda k: grid[k][1])
+    assert by_val != by_test  # the fixture must be able to tell a choice made on test apart
+
+    val, reg, dim, pa, pv = best_linear_cca(za, zv, data, regs, dims)
+    assert (reg, dim) == by_val and val == pytest.approx(grid[by_val][0], abs=1e-6)
+
+    # through protocol_scores with the project's grid: "on" reports the val-chosen point's test score
+    full = _grid_by_brute_force(za, zv, data, CCA_REGS, [d for d in CCA_DIMS if d <= 24])
+    choice = max(full, key=lambda k: full[k][0])
+    out = protocol_scores(za, zv, data, dataclasses.replace(Config(embed_dim=24), test_cca="on"), splits=("val", "test"))
+    assert (out["test_cca_reg"], out["test_cca_dim"]) == choice
+    assert out["test_map"] == pytest.approx(full[choice][1], abs=1e-6)
+    # per-epoch progress (no test split) uses the one fixed CCA: ridge 1e-3, dim min(embed_dim, 64)
+    out = protocol_scores(za, zv, data, dataclasses.replace(Config(embed_dim=24), test_cca="on"), splits=("val",))
+    assert (out["test_cca_reg"], out["test_cca_dim"]) == (1e-3, 24) and "test_map" not in out
