@@ -43,8 +43,8 @@ from bench.common import command_line, machine_info, md_table, parser, publish  
 
 SECTION = "bench_harness"
 OVERHEAD_COLUMNS = ["space", "trials", "epochs trained", "concurrent", "wall s", "inside fit s",
-                    "trial set-up s", "reporting + checkpointing s", "start-up + shutdown s", "idle slots between trials s",
-                    "% of slot time inside fit"]
+                    "trial set-up s", "reporting + checkpointing s", "start-up + shutdown s",
+                    "idle slots between trials s", "of which: last trial alone s", "% of slot time inside fit"]
 MEMORY_COLUMNS = ["concurrent trials", "data set MB", "peak sum of PSS, all processes MB",
                   "trial workers seen", "per worker: private MB", "per worker: object-store pages resident MB"]
 TABLES = {"overhead": OVERHEAD_COLUMNS, "memory": MEMORY_COLUMNS}
@@ -157,6 +157,9 @@ def overhead_row(space: str, res: dict, concurrent: int) -> dict:
             "concurrent": concurrent, "wall s": res["wall"], "inside fit s": fit_s,
             "trial set-up s": setup_s, "reporting + checkpointing s": in_trainable - fit_s - setup_s,
             "start-up + shutdown s": edges, "idle slots between trials s": slots - in_trainable - edges,
+            # the tail: one slot idles from the second-to-last trial's end until the last one's
+            "of which: last trial alone s": (concurrent - 1) * (last - sorted(t["end"] for t in res["trials"])[-2])
+            if len(res["trials"]) > 1 else 0.0,
             "% of slot time inside fit": 100 * fit_s / slots}
 
 
@@ -209,7 +212,9 @@ def render(tables, info, command, header) -> str:
              f"- load average at end: {' / '.join(f'{x:.2f}' for x in info['load_end'])}",
              f"- command: `{command}`; the searches it runs: " + "; ".join(f"`{c}`" for c in info["commands"]),
              "- slot time = wall time of the whole command x concurrent trials; inside fit = the sum of fit's "
-             "per-epoch times over all trials (see the script's docstring).", "",
+             "per-epoch times over all trials (see the script's docstring). Trial start and end come from Tune's "
+             "whole-second timestamps, so the split between start-up and idle slots is good to ~1 s per trial "
+             "(hence a small negative idle time on the 2-second smoke trials).", "",
              md_table(OVERHEAD_COLUMNS, tables["overhead"], f), ""]
     for r in tables["overhead"]:
         if r["space"].startswith("default"):
