@@ -125,7 +125,9 @@ def save_best_config(runs: list[dict], prep: dict, path: str) -> dict:
             "params": {k: v for k, v in best["best_params"].items() if k in cfg.to_dict()}}
 
 
-def run(quick: bool, seeds: int, storage: str, best_out: str | None = None, trials: int = 36) -> tuple[dict, dict]:
+def run(quick: bool, seeds: int, storage: str, best_out: str | None = None, trials: int = 36,
+        only: list[str] | None = None, seed_list: list[int] | None = None,
+        level: float | None = None) -> tuple[dict, dict]:
     import ray
 
     import tune_main
@@ -141,10 +143,10 @@ def run(quick: bool, seeds: int, storage: str, best_out: str | None = None, tria
             "space": prep["space"].name, "started": time.time()}
     tune_main.init_ray(None, cpus=2)
     runs = []
-    methods = (METHODS[0], METHODS[3]) if quick else METHODS  # quick: the pair the target compares
+    methods = (METHODS[0], METHODS[3]) if quick else tuple(only or METHODS)  # quick: the pair the target compares
     try:
         for method in methods:
-            for seed in range(seeds):
+            for seed in (seed_list if seed_list is not None else range(seeds)):
                 t0 = time.time()
                 res = one_search(prep, method, seed, budget, storage)
                 s = summarise_run(res, max_epochs)
@@ -156,7 +158,7 @@ def run(quick: bool, seeds: int, storage: str, best_out: str | None = None, tria
         ray.shutdown()
     if best_out:
         info["best"] = save_best_config(runs, prep, best_out)
-    level = max(r["best_val"] for r in runs) - TOLERANCE
+    level = level if level is not None else max(r["best_val"] for r in runs) - TOLERANCE
     info["level"] = level
     run_rows, summary = [], []
     for r in runs:
@@ -187,6 +189,8 @@ def _mean_std(xs: list[float]) -> str:
 
 def verdict(summary: list[dict], budget: int) -> str:
     by = {r["method"]: r["median epochs to level"] for r in summary}
+    if "Optuna + ASHA" not in by or "random, no scheduler" not in by:
+        return "- target: not judged (this run has only some of the methods)"
     a, b = by["Optuna + ASHA"], by["random, no scheduler"]
     if isinstance(a, str):
         return f"- target: Optuna + ASHA never reached the level within {budget} epochs in most seeds -> **NOT met**"
@@ -226,6 +230,12 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict]]:
     p.add_argument("--trials", type=int, default=36,
                    help="budget per search in trials of 15 epochs (full mode; 12 was too small for random "
                         "search without a scheduler to reach the level in most seeds)")
+    p.add_argument("--method", action="append", choices=METHODS, default=None,
+                   help="run only this method (repeatable; a follow-up run, e.g. with --no-write)")
+    p.add_argument("--seed-list", default=None, metavar="0,2", help="run only these search seeds")
+    p.add_argument("--level", type=float, default=None,
+                   help="the level to reach (default: best of this run's searches - 0.01); a follow-up run "
+                        "passes the full run's level")
     p.add_argument("--best-config-out", default=None, metavar="YAML",
                    help="write the best trial's full config here (for bench_quality.py --extra-config)")
     args = p.parse_args(argv)
@@ -235,7 +245,8 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict]]:
     os.chdir(_REPO)  # tune_main resolves config/hsc_mae.yaml from the repository root
     try:
         best_out = args.best_config_out and os.path.abspath(os.path.join(cwd, args.best_config_out))
-        tables, info = run(args.quick, args.seeds, storage, best_out, args.trials)
+        tables, info = run(args.quick, args.seeds, storage, best_out, args.trials, args.method,
+                           [int(x) for x in args.seed_list.split(",")] if args.seed_list else None, args.level)
     finally:
         os.chdir(cwd)
         shutil.rmtree(storage, ignore_errors=True)
