@@ -25,6 +25,9 @@ from hscmae.config import Config
 from hscmae.data import Dataset
 from hscmae.metrics import retrieval_map_pair
 
+# the per-epoch progress score's one fixed test-time CCA (module docstring): ridge and dimension cap
+FIXED_CCA_REG, FIXED_CCA_DIM = 1e-3, 64
+
 
 @torch.no_grad()
 def embed_all(model, data: Dataset, which: str = "teacher", batch: int = 4096) -> tuple[np.ndarray, np.ndarray]:
@@ -81,9 +84,9 @@ def protocol_scores(za: np.ndarray, zv: np.ndarray, data: Dataset, cfg: Config,
                 score, reg, dim, pa, pv = best_linear_cca(za, zv, data)
                 variants[(reg, dim)], val[(reg, dim)] = (pa, pv), score
             else:
-                dim = cfg.test_cca_dim or min(za.shape[1], 64)
-                cca = fit_linear_cca(za[data.splits["train"]], zv[data.splits["train"]], dim)
-                variants[(1e-3, dim)] = (cca.transform_x(za), cca.transform_y(zv))
+                dim = cfg.test_cca_dim or min(za.shape[1], FIXED_CCA_DIM)
+                cca = fit_linear_cca(za[data.splits["train"]], zv[data.splits["train"]], dim, FIXED_CCA_REG)
+                variants[(FIXED_CCA_REG, dim)] = (cca.transform_x(za), cca.transform_y(zv))
         except (ValueError, np.linalg.LinAlgError):
             if cfg.test_cca == "on":
                 raise

@@ -188,6 +188,8 @@ def test_final_evaluation_chooses_the_test_time_cca_on_validation_only():
     # through protocol_scores with the project's grid: "on" reports the val-chosen point's test score
     full = _grid_by_brute_force(za, zv, data, CCA_REGS, [d for d in CCA_DIMS if d <= 24])
     choice = max(full, key=lambda k: full[k][0])
+    # ... and the fixture tells that choice apart from one made on test and from the fixed CCA
+    assert choice != max(full, key=lambda k: full[k][1]) and choice != (1e-3, 24)
     out = protocol_scores(za, zv, data, dataclasses.replace(Config(embed_dim=24), test_cca="on"), splits=("val", "test"))
     assert (out["test_cca_reg"], out["test_cca_dim"]) == choice
     assert out["test_map"] == pytest.approx(full[choice][1], abs=1e-6)
