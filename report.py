@@ -823,7 +823,7 @@ def run_ablation(exp: Experiment, out: str, best: pd.Series | None, seeds: int, 
 
     import ray
 
-    from tune_main import init_ray
+    from harness.ray_setup import init_ray
 
     init_ray(address, num_cpus)
     try:

@@ -16,119 +16,24 @@ import argparse
 import dataclasses
 import json
 import os
-import platform
 import shlex
 import sys
-import tempfile
 import time
 
 import yaml
 
 from hscmae.config import Config, ConfigError, load_config
 from hscmae.data import DataError, load_data
-from hscmae.io import atomic_write_text
-from search_spaces import SPACES, get_space, trial_config
+from harness import METRIC, MODE, UsageError
+from harness.callbacks import make_progress_callback
+from harness.ray_setup import init_ray
+from harness.storage import check_storage, experiment_path, read_text, versions, write_metadata
+from harness.trainable import run_trial
+from search_spaces import SPACES, get_space
 
-METRIC, MODE = "val_map", "max"
 # Persist the experiment state every few seconds (Tune's default adapts to minutes), so a driver
 # killed with SIGKILL loses at most that much bookkeeping; trial checkpoints are separate.
 os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "5")
-
-
-class UsageError(ValueError):
-    pass
-
-
-# ------------------------------------------------------------------------------------------------
-# The trainable: one HSC-MAE training run, reporting every epoch to Tune.
-# ------------------------------------------------------------------------------------------------
-def run_trial(params: dict, data=None, base: dict | None = None, fixed: dict | None = None,
-              checkpoint_every: int = 5, cpus: int = 1) -> None:
-    import shutil
-
-    import torch
-    from ray import tune
-
-    from hscmae.train import CheckpointError, fit
-
-    # fixed: the space's fixed keys as the flags changed them (--max-epochs, --data)
-    cfg = trial_config(base or {}, fixed or {}, {**params, "threads": cpus})
-    torch.set_num_threads(cpus)  # concurrent trials must not oversubscribe the cores
-    resume = None
-    ckpt = tune.get_checkpoint()
-    if ckpt is not None:  # a restored trial: continue from its last checkpoint, not epoch 0
-        resume = os.path.join(tempfile.mkdtemp(prefix="hscmae-resume-"), "checkpoint.pt")
-        with ckpt.as_directory() as d:
-            try:
-                shutil.copy(os.path.join(d, "checkpoint.pt"), resume)
-            except OSError as e:
-                raise CheckpointError(f"Tune checkpoint {ckpt.path}: cannot read checkpoint.pt "
-                                      f"({e.strerror or e})") from None
-
-    def on_epoch(metrics: dict, save) -> None:
-        metrics = {**metrics, "node_id": _node_id()}
-        if metrics["epoch"] % checkpoint_every == 0 or metrics["epoch"] == cfg.epochs:
-            with tempfile.TemporaryDirectory(prefix="hscmae-ckpt-") as d:
-                save(os.path.join(d, "checkpoint.pt"))
-                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
-        else:
-            tune.report(metrics)
-
-    try:
-        fit(cfg, data, on_epoch=on_epoch, resume_from=resume, log=None)
-    except CheckpointError as e:  # name the trial's checkpoint, not our temporary copy of it
-        if resume is None:
-            raise
-        raise CheckpointError(f"Tune checkpoint {ckpt.path}: {str(e).replace(resume, 'checkpoint.pt')}; "
-                              "the trial is not retrained from scratch or from a partial state") from None
-    finally:
-        if resume is not None:
-            shutil.rmtree(os.path.dirname(resume), ignore_errors=True)
-
-
-def _node_id() -> str:
-    import ray
-
-    return ray.get_runtime_context().get_node_id()
-
-
-# ------------------------------------------------------------------------------------------------
-# Progress a person can follow, on top of Tune's own status table.
-# ------------------------------------------------------------------------------------------------
-def make_progress_callback(num_samples: int, max_epochs: int):
-    from ray.tune import Callback
-
-    class Progress(Callback):
-        def __init__(self):
-            self.start = time.time()
-            self.best = (float("-inf"), None)
-            self.done = self.early = self.errored = 0
-
-        def on_trial_result(self, iteration, trials, trial, result, **info):
-            if result.get(METRIC, float("-inf")) > self.best[0]:
-                self.best = (result[METRIC], trial.trial_id)
-
-        def _line(self, trials):
-            running = sum(t.status == "RUNNING" for t in trials)
-            elapsed = time.time() - self.start
-            eta = elapsed / self.done * (num_samples - self.done) if self.done else float("nan")
-            best = f"{self.best[0]:.4f} ({self.best[1]})" if self.best[1] else "-"
-            print(f"[hscmae] trials done {self.done}/{num_samples} (stopped early {self.early}, "
-                  f"errored {self.errored}), running {running}; best {METRIC} {best}; "
-                  f"elapsed {elapsed / 60:.1f} min, ETA ~{eta / 60:.1f} min", flush=True)
-
-        def on_trial_complete(self, iteration, trials, trial, **info):
-            self.done += 1
-            epoch = (trial.last_result or {}).get("epoch", 0)
-            self.early += epoch < max_epochs
-            self._line(trials)
-
-        def on_trial_error(self, iteration, trials, trial, **info):
-            self.done += 1
-            self.errored += 1
-            self._line(trials)
-
-    return Progress()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -167,59 +72,6 @@ def parse_args(argv):
     return args
 
 
-def experiment_path(storage: str, name: str) -> str:
-    if "://" in storage:
-        return storage.rstrip("/") + "/" + name
-    return os.path.join(os.path.abspath(storage), name)
-
-
-def check_storage(storage: str) -> None:
-    """Fail before Ray starts if results could not be written."""
-    if "://" in storage:
-        import pyarrow.fs
-
-        try:
-            pyarrow.fs.FileSystem.from_uri(storage)
-        except Exception as e:
-            raise UsageError(f"--storage {storage}: not a usable filesystem URI ({e})") from None
-        return
-    path = os.path.abspath(storage)
-    try:
-        os.makedirs(path, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-") as f:
-            f.write(b"x" * 65536)
-            f.flush()
-            os.fsync(f.fileno())
-    except OSError as e:
-        raise UsageError(f"--storage {path}: not writable ({e.strerror or e})") from None
-
-
-def write_metadata(exp: str, files: dict[str, str]) -> None:
-    """command.txt, space.json, base_config.yaml, versions.json, data.json beside Tune's files."""
-    if "://" in exp:
-        import pyarrow.fs
-
-        fs, root = pyarrow.fs.FileSystem.from_uri(exp)
-        fs.create_dir(root, recursive=True)
-        for name, text in files.items():
-            with fs.open_output_stream(f"{root}/{name}") as f:
-                f.write(text.encode())
-        return
-    for name, text in files.items():
-        atomic_write_text(os.path.join(exp, name), text)
-
-
-def versions() -> dict:
-    # from the installed packages' metadata: importing torch here would cost the driver ~1 s of
-    # start-up (and its exit) while both trial slots wait; only the trial workers need torch
-    from importlib.metadata import version
-
-    import hscmae
-
-    return {"python": platform.python_version(), **{m: version(m) for m in ("torch", "ray", "optuna", "numpy")},
-            "hscmae": hscmae.__version__, "platform": platform.platform()}
-
-
 def prepare(args):
     """Everything that can fail, before Ray starts. Returns what the search needs."""
     try:
@@ -243,22 +95,6 @@ def prepare(args):
     probe.validate(n_train=len(data.splits["train"]))
     return dict(space=space, base=base, probe=probe, data=data, name=name, exp=exp,
                 num_samples=num_samples, max_concurrent=max_concurrent)
-
-
-def init_ray(address: str | None, cpus: int | None = None) -> None:
-    import ray
-
-    # RAY_ADDRESS is how `ray job submit` points a driver at its cluster: honour it like --address
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, log_to_driver=False)
-    else:
-        # "local", not None: with None, Ray joins the last cluster `ray start` recorded in
-        # /tmp/ray/ray_current_cluster -- someone else's search, or a dead head it then waits on.
-        # No dashboard (it would serve HTTP). Ray 2.60 maps 127.0.0.1 to the routable IP and its
-        # gRPC servers listen on every interface whatever we pass (README, Security).
-        ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False,
-                 logging_level="WARNING")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -288,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --resume: no experiment to resume at {exp}", file=sys.stderr)
         return 2
     if exists:
-        old = _read_text(exp, "data.json")
+        old = read_text(exp, "data.json")
         if old and json.loads(old).get("fingerprint") != run["data"].fingerprint():
             print(f"error: {exp} was run on different data (fingerprint in data.json differs); "
                   "use another --name", file=sys.stderr)
@@ -336,20 +172,6 @@ def main(argv: list[str] | None = None) -> int:
     results = tuner.fit()
     print_summary(results, exp, max_epochs, time.time() - t0)
     return 0
-
-
-def _read_text(exp: str, name: str) -> str | None:
-    if "://" in exp:
-        import pyarrow.fs
-
-        fs, root = pyarrow.fs.FileSystem.from_uri(exp)
-        try:
-            with fs.open_input_stream(f"{root}/{name}") as f:
-                return f.read().decode()
-        except (FileNotFoundError, OSError):
-            return None
-    path = os.path.join(exp, name)
-    return open(path).read() if os.path.exists(path) else None
 
 
 def print_summary(results, exp: str, max_epochs: int, seconds: float) -> None:

@@ -73,7 +73,8 @@ def one_search(prep, method: str, seed: int, budget: int, storage: str) -> list[
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
 
-    from tune_main import METRIC, MODE, run_trial
+    from harness import METRIC, MODE
+    from harness.trainable import run_trial
 
     space, max_epochs = prep["space"], prep["probe"].epochs
     sampler = optuna.samplers.TPESampler(seed=seed) if method.startswith("Optuna") else optuna.samplers.RandomSampler(seed=seed)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -22,10 +23,27 @@ class Config:
     # data: a folder of features or "synthetic:ave" / "synthetic:vegas" (see hscmae.data)
     data: str = "synthetic:ave"
     split_seed: int = 0
+    temporal_pool: str = "mean"  # 3-D features (clips x segments x dims) -> one vector: "mean" | "max"
+    normalize: str = "standard"  # per-feature scaling fitted on train only: "standard" (z-score) | "minmax"
+    val_fraction: float = 0.15  # per-class share of a train/test-only file's train part held out as val
+    # the device everything runs on: "auto" (CUDA when torch sees it, else CPU) | "cpu" | "cuda" | "cuda:N"
+    device: str = "auto"
+    deterministic: bool = False  # deterministic CUDA kernels (costs speed); CPU runs are deterministic anyway
+    compile: bool = False  # torch.compile the training step
     # model: per-modality MLP encoder (in -> hidden -> embed) and decoder (embed -> hidden -> in)
     hidden_dim: int = 512
     embed_dim: int = 128
     mask_value: str = "zero"  # "zero" (the train mean, after standardisation) or "learned"
+    # architecture (the official code: enc_layers 3, dec_layers 3, tanh, dropout 0.2 / 0.1, input
+    # batch norm, a projection head)
+    enc_layers: int = 2  # Linear layers per encoder: in -> hidden (-> hidden ...) -> embed
+    dec_layers: int = 2  # Linear layers per decoder: embed -> hidden (-> hidden ...) -> in
+    activation: str = "gelu"  # "gelu" | "tanh" | "relu"
+    enc_dropout: float = 0.0
+    dec_dropout: float = 0.0
+    input_batchnorm: bool = False  # BatchNorm1d on each encoder's input
+    proj_head: bool = False  # a linear projection embed -> proj_dim, L2-normalised, before the losses
+    proj_dim: int = 64
     # the three levels of the method
     mask_ratio: float = 0.5  # fraction of input entries masked for the student (sample level)
     ema_momentum: float = 0.99  # teacher t <- m t + (1 - m) s after every step
@@ -39,11 +57,16 @@ class Config:
     use_infonce: bool = True
     use_ema: bool = True  # False: the student mines its own neighbours (teacher = student)
     use_distill: bool = True
+    use_cross_recon: bool = False  # decode each modality's input from the other's embedding
     learned_weights: bool = True  # False: every active loss term has weight 1
-    recon_weight: float = 1.0  # fixed weights, used only when learned_weights is False
+    recon_weight: float = 1.0  # fixed weights, used only when learned_weights is False (and in warm-up)
     dcca_weight: float = 1.0
     infonce_weight: float = 1.0
     distill_weight: float = 1.0
+    cross_recon_weight: float = 1.0
+    affinity: str = "cross"  # teacher neighbours from "cross" (a-v similarity) | "fused" ((a + v) / 2)
+    pair_positive: bool = True  # the clip's own pair is a positive (False: left out of both sets)
+    dcca_input: str = "masked"  # DCCA on the student's "masked" | "clean" input embeddings
     eval_encoder: str = "teacher"  # which encoders embed clips for retrieval: "teacher" | "student"
     test_cca: str = "auto"  # linear CCA on embeddings at test time: "auto" (chosen on val) | "on" | "off"
     test_cca_dim: int = 0  # 0: chosen on val with the ridge at the final evaluation (hscmae.evaluate)
@@ -52,6 +75,10 @@ class Config:
     weight_decay: float = 1e-4
     batch_size: int = 256
     epochs: int = 30
+    warmup_epochs: int = 0  # epochs with the fixed weights before the learned weighting switches on
+    ema_schedule: str = "constant"  # "constant" | "ramp" (official: 0.95 + 0.05 epoch / epochs, <= 0.999)
+    lr_schedule: str = "constant"  # "constant" | "cosine"
+    grad_clip: float = 0.0  # max gradient norm; 0 = off
     seed: int = 0
     threads: int = 0  # torch intra-op threads; 0 leaves torch's default
 
@@ -72,40 +99,59 @@ class Config:
             raise bad("ema_momentum", "must be in [0, 1)")
         if not self.temperature > 0:
             raise bad("temperature", "must be > 0")
-        for key in ("hidden_dim", "embed_dim", "batch_size", "epochs", "top_k", "cca_dim"):
+        for key in ("hidden_dim", "embed_dim", "batch_size", "epochs", "top_k", "cca_dim", "proj_dim"):
             if getattr(self, key) < 1:
                 raise bad(key, "must be >= 1")
         for key in ("lr",):
             if not getattr(self, key) > 0:
                 raise bad(key, "must be > 0")
         for key in ("weight_decay", "cca_reg", "threads", "test_cca_dim", "split_seed",
-                    "recon_weight", "dcca_weight", "infonce_weight", "distill_weight"):
+                    "recon_weight", "dcca_weight", "infonce_weight", "distill_weight", "cross_recon_weight",
+                    "warmup_epochs", "grad_clip"):
             if getattr(self, key) < 0:
                 raise bad(key, "must be >= 0")
-        if self.mask_value not in ("zero", "learned"):
-            raise bad("mask_value", "must be 'zero' or 'learned'")
-        if self.test_cca not in ("auto", "on", "off"):
-            raise bad("test_cca", "must be 'auto', 'on' or 'off'")
-        if self.eval_encoder not in ("teacher", "student"):
-            raise bad("eval_encoder", "must be 'teacher' or 'student'")
+        for key, choices in _CHOICES.items():
+            if getattr(self, key) not in choices:
+                raise bad(key, "must be " + " or ".join(repr(c) for c in choices))
+        if not (self.device in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", self.device)):
+            raise bad("device", "must be 'auto', 'cpu', 'cuda' or 'cuda:N'")
+        for key in ("enc_layers", "dec_layers"):
+            if getattr(self, key) < 2:
+                raise bad(key, "must be >= 2 (input -> hidden -> output)")
+        for key in ("enc_dropout", "dec_dropout"):
+            if not 0.0 <= getattr(self, key) < 1.0:
+                raise bad(key, "must be in [0, 1)")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise bad("val_fraction", "must be in (0, 1)")
+        if self.warmup_epochs >= self.epochs and self.warmup_epochs > 0:
+            raise bad("warmup_epochs", f"must be < epochs ({self.epochs})")
         if self.top_k > self.batch_size:
             raise bad("top_k", f"must be <= batch_size ({self.batch_size})")
         # A batch of b samples has sample covariances of rank <= b - 1: more canonical directions
         # than that are pure regulariser, so DCCA needs cca_dim < batch_size.
         if self.cca_dim >= self.batch_size:
             raise bad("cca_dim", f"must be < batch_size ({self.batch_size})")
-        if self.cca_dim > self.embed_dim:
-            raise bad("cca_dim", f"must be <= embed_dim ({self.embed_dim})")
+        emb = self.proj_dim if self.proj_head else self.embed_dim  # what the losses see
+        if self.cca_dim > emb:
+            raise bad("cca_dim", f"must be <= {'proj_dim' if self.proj_head else 'embed_dim'} ({emb})")
         if self.test_cca_dim > self.embed_dim:
             raise bad("test_cca_dim", f"must be <= embed_dim ({self.embed_dim})")
-        if not (self.use_recon or self.use_dcca or self.use_infonce or self.use_distill):
-            raise ConfigError("config keys 'use_recon', 'use_dcca', 'use_infonce', 'use_distill': "
-                              "at least one loss term must be on")
+        if not (self.use_recon or self.use_dcca or self.use_infonce or self.use_distill or self.use_cross_recon):
+            raise ConfigError("config keys 'use_recon', 'use_dcca', 'use_infonce', 'use_distill', "
+                              "'use_cross_recon': at least one loss term must be on")
         if n_train is not None and n_train < self.batch_size:
             raise bad("batch_size", f"must be <= the number of training clips ({n_train})")
         return self
 
 
+# the string knobs and the values each may take
+_CHOICES = {
+    "temporal_pool": ("mean", "max"), "normalize": ("standard", "minmax"),
+    "mask_value": ("zero", "learned"), "activation": ("gelu", "tanh", "relu"),
+    "affinity": ("cross", "fused"), "dcca_input": ("masked", "clean"),
+    "ema_schedule": ("constant", "ramp"), "lr_schedule": ("constant", "cosine"),
+    "test_cca": ("auto", "on", "off"), "eval_encoder": ("teacher", "student"),
+}
 _FIELDS = {f.name: f for f in fields(Config)}
 _TYPES = {"int": int, "float": float, "bool": bool, "str": str}
 

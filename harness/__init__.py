@@ -1,0 +1,10 @@
+"""The Ray Tune glue of the search: the trainable, Ray start-up, experiment storage, progress
+callbacks. `tune_main.py` (the command line) and `report.py` import it; the core library `hscmae`
+never imports Ray or this package.
+"""
+
+METRIC, MODE = "val_map", "max"  # what every trial reports each epoch, and which way is better
+
+
+class UsageError(ValueError):
+    """A flag or the storage is unusable; printed as one `error:` line, exit code 2."""

@@ -1,0 +1,57 @@
+"""The trainable: one HSC-MAE training run (`hscmae.train.fit`), reporting every epoch to Tune."""
+from __future__ import annotations
+
+import os
+import tempfile
+
+from search_spaces import trial_config
+
+
+def run_trial(params: dict, data=None, base: dict | None = None, fixed: dict | None = None,
+              checkpoint_every: int = 5, cpus: int = 1) -> None:
+    import shutil
+
+    import torch
+    from ray import tune
+
+    from hscmae.train import CheckpointError, fit
+
+    # fixed: the space's fixed keys as the flags changed them (--max-epochs, --data)
+    cfg = trial_config(base or {}, fixed or {}, {**params, "threads": cpus})
+    torch.set_num_threads(cpus)  # concurrent trials must not oversubscribe the cores
+    resume = None
+    ckpt = tune.get_checkpoint()
+    if ckpt is not None:  # a restored trial: continue from its last checkpoint, not epoch 0
+        resume = os.path.join(tempfile.mkdtemp(prefix="hscmae-resume-"), "checkpoint.pt")
+        with ckpt.as_directory() as d:
+            try:
+                shutil.copy(os.path.join(d, "checkpoint.pt"), resume)
+            except OSError as e:
+                raise CheckpointError(f"Tune checkpoint {ckpt.path}: cannot read checkpoint.pt "
+                                      f"({e.strerror or e})") from None
+
+    def on_epoch(metrics: dict, save) -> None:
+        metrics = {**metrics, "node_id": _node_id()}
+        if metrics["epoch"] % checkpoint_every == 0 or metrics["epoch"] == cfg.epochs:
+            with tempfile.TemporaryDirectory(prefix="hscmae-ckpt-") as d:
+                save(os.path.join(d, "checkpoint.pt"))
+                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+        else:
+            tune.report(metrics)
+
+    try:
+        fit(cfg, data, on_epoch=on_epoch, resume_from=resume, log=None)
+    except CheckpointError as e:  # name the trial's checkpoint, not our temporary copy of it
+        if resume is None:
+            raise
+        raise CheckpointError(f"Tune checkpoint {ckpt.path}: {str(e).replace(resume, 'checkpoint.pt')}; "
+                              "the trial is not retrained from scratch or from a partial state") from None
+    finally:
+        if resume is not None:
+            shutil.rmtree(os.path.dirname(resume), ignore_errors=True)
+
+
+def _node_id() -> str:
+    import ray
+
+    return ray.get_runtime_context().get_node_id()
