@@ -1,0 +1,74 @@
+"""Component ablation: retrain the best config with each part off, as Ray tasks."""
+from __future__ import annotations
+
+import os
+import time
+
+import pandas as pd
+
+from hscmae import ablation
+from hscmae.config import config_from_dict
+from reporting.experiment import Experiment, ReportError, _read_json
+from reporting.frames import _frame, to_parquet_bytes
+from reporting.tables import component_markdown_latex
+from reporting.writing import _write
+
+
+def run_ablation(exp: Experiment, out: str, best: pd.Series | None, seeds: int, epochs: int | None,
+                 address: str | None, num_cpus: int | None, log=print) -> list[str]:
+    from hscmae.data import load_data
+
+    if best is None:
+        raise ReportError(f"{exp.path}: no trial with a validation score, so no best config to ablate")
+    cfg = config_from_dict(exp.full_config(best))
+    runs = ablation.ablation_runs(cfg, seeds, epochs)
+    data = load_data(cfg.data, cfg.split_seed)
+    recorded = os.path.join(exp.path, "data.json")
+    if os.path.exists(recorded):
+        fp = _read_json(recorded, "").get("fingerprint")
+        if fp and fp != data.fingerprint():
+            raise ReportError(f"{recorded}: the search ran on different data than {cfg.data} loads here "
+                              "(fingerprints differ); the ablation would not be comparable")
+    for r in runs:
+        if r.config is not None:
+            r.config.validate(n_train=len(data.splits["train"]))
+
+    import ray
+
+    from harness.ray_setup import init_ray
+
+    init_ray(address, num_cpus)
+    try:
+        data_ref = ray.put(data)  # once: every task reads the same object
+        task = ray.remote(num_cpus=1)(ablation.train_one)
+        todo = {task.remote(r.config.to_dict(), data_ref): i for i, r in enumerate(runs) if r.config is not None}
+        results: list[dict] = [{"error": r.changes} if r.config is None else {} for r in runs]
+        pending, t0 = list(todo), time.time()
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            i = todo[done[0]]
+            results[i] = ray.get(done[0])
+            r, res = runs[i], results[i]
+            msg = f"test_map {res['test_map']:.4f}" if "test_map" in res else f"error: {res['error'][:120]}"
+            log(f"[report] ablation {len(todo) - len(pending)}/{len(todo)} ({time.time() - t0:.0f}s): "
+                f"{r.component} seed {r.seed}: {msg}")
+    finally:
+        ray.shutdown()
+
+    per_seed = _frame([{"component": r.component, "seed": r.seed, "epochs": r.config.epochs if r.config else None,
+                        **{m: res.get(m) for m in (*ablation.METRICS, "test_cca")}, "error": res.get("error")}
+                       for r, res in zip(runs, results)],
+                      {"component": "str", "seed": "int", "epochs": "int",
+                       **{m: "float" for m in (*ablation.METRICS, "test_cca")}, "error": "str"})
+    summary = _frame(ablation.summarise(runs, results),
+                     {"component": "str", "label": "str", "changes": "str", "epochs": "int", "n_seeds": "int",
+                      "n_ok": "int", "error": "str",
+                      **{f"{m}_{s}": "float" for m in ablation.METRICS for s in ("mean", "std")}})
+    written: list[str] = []
+    _write(out, "component_runs.parquet", to_parquet_bytes(per_seed), written)
+    _write(out, "component_ablation.parquet", to_parquet_bytes(summary), written)
+    md, tex = component_markdown_latex(summary, len({r.seed for r in runs}), best["trial_id"])
+    _write(out, "component_ablation.md", md, written)
+    _write(out, "component_ablation.tex", tex, written)
+    return written
+
