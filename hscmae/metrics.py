@@ -169,3 +169,79 @@ def retrieval_map_pair(audio, visual, labels, *, chunk_size: int = 1024) -> dict
     a2v = retrieval_map(audio, visual, labels, labels, chunk_size=chunk_size)
     v2a = retrieval_map(visual, audio, labels, labels, chunk_size=chunk_size)
     return {"map_a2v": a2v, "map_v2a": v2a, "map": (a2v + v2a) / 2}
+
+
+# ------------------------------------------------------------------------------------------------
+# Precision-recall curves and per-class AP (figures and tables; not on the training path, so the
+# PR curve simply sorts each query's row)
+# ------------------------------------------------------------------------------------------------
+def interpolated_precision(query, gallery, query_labels, gallery_labels, n_points: int = 11,
+                           *, chunk_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """Interpolated precision of every query at `n_points` recall levels 0, 1/(n-1), ..., 1:
+    P(r) = the highest precision at any score threshold whose recall is >= r (the standard
+    11-point PR curve of cross-modal retrieval). Tied scores form one threshold, as in
+    scikit-learn's `precision_recall_curve` (whose extra point (recall 0, precision 1) is not a
+    threshold and is not used). Cosine similarity, relevant = same label.
+
+    Returns (recall levels (n_points,), precision (n_queries, n_points) float64, NaN rows for
+    queries without any relevant gallery item)."""
+    q = _embeddings(query, "query")
+    g = _embeddings(gallery, "gallery")
+    if q.shape[1] != g.shape[1]:
+        raise ValueError(f"query and gallery dimensions differ: {q.shape[1]} vs {g.shape[1]}")
+    ql = _labels(query_labels, "query_labels", len(q), "query")
+    gl = _labels(gallery_labels, "gallery_labels", len(g), "gallery")
+    if isinstance(n_points, bool) or not isinstance(n_points, (int, np.integer)) or n_points < 2:
+        raise ValueError(f"n_points must be an integer >= 2, got {n_points!r}")
+    levels = np.linspace(0.0, 1.0, n_points)
+    out = np.full((len(q), n_points), np.nan)
+    if len(q) == 0 or len(g) == 0:
+        return levels, out
+    if q.dtype != g.dtype:
+        q, g = q.double(), g.double()
+    q, g = F.normalize(q, dim=1), F.normalize(g, dim=1)
+    _, codes = np.unique(np.concatenate([ql, gl]), return_inverse=True)
+    qc, gc = torch.from_numpy(codes[:len(ql)].ravel()), torch.from_numpy(codes[len(ql):].ravel())
+    lv = torch.from_numpy(levels)
+    for start in range(0, len(q), chunk_size):
+        s = q[start:start + chunk_size] @ g.T
+        s, order = s.sort(dim=1, descending=True, stable=True)
+        rel = gc[order] == qc[start:start + chunk_size, None]
+        nrel = rel.sum(1)
+        tp = rel.cumsum(1).double()
+        k = torch.arange(1, len(g) + 1, dtype=torch.float64)
+        # the last item of each run of equal scores ends a threshold; only there is (recall,
+        # precision) a point of the curve
+        end = torch.ones_like(rel)
+        end[:, :-1] = s[:, 1:] != s[:, :-1]
+        prec = torch.where(end, tp / k, torch.tensor(-1.0, dtype=torch.float64))
+        best_after = prec.flip(1).cummax(1).values.flip(1)  # max precision at this threshold or later
+        recall = tp / nrel.clamp(min=1)[:, None]
+        # first position whose recall reaches each level: every threshold with recall >= r is at or
+        # after it (recall never decreases down the ranking)
+        first = torch.searchsorted(recall.contiguous(), lv.expand(len(s), -1).contiguous() - 1e-12)
+        p = best_after.gather(1, first.clamp(max=len(g) - 1))
+        p[nrel == 0] = torch.nan
+        out[start:start + len(s)] = p.numpy()
+    return levels, out
+
+
+def pr_curve(query, gallery, query_labels, gallery_labels, n_points: int = 11) -> tuple[np.ndarray, np.ndarray]:
+    """(recall levels, interpolated precision averaged over the queries that have a relevant item)."""
+    levels, p = interpolated_precision(query, gallery, query_labels, gallery_labels, n_points)
+    ok = ~np.isnan(p[:, 0])
+    return levels, (p[ok].mean(0) if ok.any() else np.full(len(levels), np.nan))
+
+
+def per_class_map(ap: np.ndarray, labels) -> dict:
+    """{class: mean AP of its queries} from per-query APs (NaN ones, without relevant items, left
+    out; a class none of whose queries has one is left out)."""
+    ap, labels = np.asarray(ap, dtype=np.float64), np.asarray(labels)
+    if ap.shape != labels.shape:
+        raise ValueError(f"per-query APs and labels differ in shape: {ap.shape} vs {labels.shape}")
+    out = {}
+    for c in np.unique(labels):
+        v = ap[(labels == c) & ~np.isnan(ap)]
+        if len(v):
+            out[c.item() if hasattr(c, "item") else c] = float(v.mean())
+    return out

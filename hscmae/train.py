@@ -23,6 +23,7 @@ from hscmae import losses as L
 from hscmae.config import Config, ConfigError, load_config, save_config
 from hscmae.data import Dataset, DataError, load_data
 from hscmae.evaluate import embed_all, protocol_scores
+from hscmae.history import HISTORY, append_history, truncate_history, write_fig_training
 from hscmae.io import atomic_write, atomic_write_json
 from hscmae.model import HSCMAE
 
@@ -218,7 +219,8 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default=None, help="YAML config (default: built-in defaults)")
     p.add_argument("--data", default=None, help="folder or synthetic:ave / synthetic:vegas (default: the config's)")
-    p.add_argument("--out", default="runs/train", help="folder for checkpoint.pt, config.yaml, metrics.json")
+    p.add_argument("--out", default="runs/train", help="folder for checkpoint.pt, config.yaml, metrics.json, "
+                   "history.jsonl (one line per epoch), fig_training.png")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override config keys")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt if it exists")
     args = p.parse_args(argv)
@@ -233,14 +235,24 @@ def main(argv: list[str] | None = None) -> int:
         print(f"data {data.name}: {len(data)} clips, {data.audio.shape[1]}-d audio, {data.visual.shape[1]}-d "
               f"visual; train/val/test {[len(data.splits[k]) for k in ('train', 'val', 'test')]}"
               + (f"; resuming from {resume}" if resume else ""))
-        final = fit(cfg, data, resume_from=resume, out_dir=args.out)
+        # history.jsonl: an epoch's line goes in before its checkpoint, and a resume first cuts the
+        # log back to the checkpoint's epoch, so a kill anywhere leaves each epoch exactly once
+        history = os.path.join(args.out, HISTORY)
+        truncate_history(history, load_checkpoint(resume)["epoch"] if resume else 0)
+
+        def on_epoch(metrics: dict, save) -> None:
+            append_history(history, metrics)
+            save(ckpt)
+        final = fit(cfg, data, resume_from=resume, on_epoch=on_epoch)
     except (ConfigError, DataError, CheckpointError, TrainingDiverged) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    fig = write_fig_training(args.out)
     atomic_write_json(os.path.join(args.out, "metrics.json"), final)
     print(f"test_map {final['test_map']:.4f} (a2v {final['test_map_a2v']:.4f}, v2a {final['test_map_v2a']:.4f}), "
           f"val_map {final['val_map']:.4f}, test-time CCA {'on' if final['test_cca'] else 'off'}")
-    print(f"wrote {os.path.join(args.out, 'metrics.json')} and {os.path.join(args.out, 'checkpoint.pt')}")
+    print(f"wrote {os.path.join(args.out, 'metrics.json')}, {ckpt}, {history}"
+          + (f" and {fig}" if fig else ""))
     return 0
 
 
