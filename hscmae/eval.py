@@ -1,5 +1,9 @@
 """`python -m hscmae.eval --config FILE --checkpoint PATH [--data SRC] [--out DIR]`: test metrics of a
-saved checkpoint, printed and written to DIR/metrics_eval.json (DIR defaults to the checkpoint's)."""
+saved checkpoint, printed and written to DIR/metrics_eval.json (DIR defaults to the checkpoint's).
+
+`--export DIR [--format npz|parquet]` also writes every clip's clean-input embeddings, before and
+after the chosen test-time CCA, with labels and split indices (hscmae.export): DIR/embeddings.npz,
+or one DIR/embeddings_<split>.parquet per split."""
 from __future__ import annotations
 
 import argparse
@@ -13,27 +17,39 @@ from hscmae.train import CheckpointError
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m hscmae.eval", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m hscmae.eval", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True)
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--data", default=None, help="folder or synthetic:<preset> (default: the config's)")
     p.add_argument("--out", default=None)
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
+    p.add_argument("--export", default=None, metavar="DIR", help="write the embeddings to DIR")
+    p.add_argument("--format", choices=("npz", "parquet"), default="npz", help="--export: file format (default npz)")
     args = p.parse_args(argv)
     from hscmae.evaluate import evaluate_checkpoint
+    from hscmae.export import ExportError, check_writable, load_model, protocol_embeddings, require_classes, write_embeddings
 
     try:
         overrides = list(args.set) + ([f"data={args.data}"] if args.data else [])
         cfg = load_config(args.config, overrides)
+        if args.export:  # before any work: a folder we cannot write would waste the embedding
+            check_writable(args.export)
         data = load_data(cfg.data, cfg.split_seed)
-        metrics = evaluate_checkpoint(cfg, data, args.checkpoint)
-    except (ConfigError, DataError, CheckpointError) as e:
+        if args.export:
+            require_classes(data, cfg.data)
+            emb = protocol_embeddings(load_model(cfg, data, args.checkpoint), data, cfg)
+            metrics = emb["scores"]
+            written = write_embeddings(emb, data, cfg, args.export, args.format)
+        else:
+            metrics = evaluate_checkpoint(cfg, data, args.checkpoint)
+    except (ConfigError, DataError, CheckpointError, ExportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     out = args.out or os.path.dirname(os.path.abspath(args.checkpoint))
     atomic_write_json(os.path.join(out, "metrics_eval.json"), metrics)
     print(" ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
-    print(f"wrote {os.path.join(out, 'metrics_eval.json')}")
+    print(f"wrote {os.path.join(out, 'metrics_eval.json')}" + "".join(f", {w}" for w in (written if args.export else [])))
     return 0
 
 

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 import torch
-from sklearn.metrics import average_precision_score
+from sklearn.metrics import average_precision_score, precision_recall_curve
 
 from hscmae import metrics
 from hscmae.metrics import retrieval_map, retrieval_map_pair
@@ -147,3 +147,59 @@ def test_no_gallery_row_is_sorted(monkeypatch):
     with pytest.raises(AssertionError, match="full gallery row"):  # the guard does catch a row sort
         torch.sort(torch.zeros(3, n), dim=1)
     assert retrieval_map(q, g, lab, lab) == pytest.approx(_sklearn_map(q, g, lab, lab), abs=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------
+# PR curves and per-class AP, against scikit-learn
+# ------------------------------------------------------------------------------------------------
+def _sklearn_interpolated(q, g, ql, gl, levels):
+    """Per query: scikit-learn's precision_recall_curve (its final (recall 0, precision 1) point is
+    not a threshold, so it is dropped), interpolated: max precision at recall >= r."""
+    q, g = np.asarray(q, dtype=np.float64), np.asarray(g, dtype=np.float64)
+    s = (q / np.linalg.norm(q, axis=1, keepdims=True)) @ (g / np.linalg.norm(g, axis=1, keepdims=True)).T
+    out = np.full((len(q), len(levels)), np.nan)
+    for i in range(len(q)):
+        y = gl == ql[i]
+        if y.any():
+            p, r, _ = precision_recall_curve(y, s[i])
+            p, r = p[:-1], r[:-1]
+            out[i] = [p[r >= lv - 1e-12].max() for lv in levels]
+    return out
+
+
+@pytest.mark.parametrize("seed,n_points", [(0, 11), (1, 11), (2, 21), (3, 5)])
+def test_interpolated_precision_matches_sklearn_with_ties(seed, n_points):
+    rng = np.random.default_rng(seed)
+    q, g = _tie_vectors(rng, 60), _tie_vectors(rng, 80)
+    ql, gl = rng.integers(0, 5, len(q)), rng.integers(0, 4, len(g))  # label 4: no relevant item
+    levels, p = metrics.interpolated_precision(q, g, ql, gl, n_points, chunk_size=17)
+    np.testing.assert_allclose(levels, np.linspace(0, 1, n_points))
+    expected = _sklearn_interpolated(q, g, ql, gl, levels)
+    np.testing.assert_array_equal(np.isnan(p), np.isnan(expected))
+    np.testing.assert_allclose(p[~np.isnan(p)], expected[~np.isnan(expected)], rtol=0, atol=1e-12)
+    lv, curve = metrics.pr_curve(q, g, ql, gl, n_points)
+    np.testing.assert_allclose(curve, np.nanmean(expected, axis=0), atol=1e-12)
+    assert np.all(np.diff(curve) <= 1e-12)  # interpolated precision never rises with recall
+
+
+def test_interpolated_precision_matches_sklearn_on_continuous_scores():
+    rng = np.random.default_rng(5)
+    q, g = rng.normal(size=(40, 6)), rng.normal(size=(150, 6))
+    ql, gl = rng.integers(0, 3, 40), rng.integers(0, 3, 150)
+    levels, p = metrics.interpolated_precision(q, g, ql, gl)
+    np.testing.assert_allclose(p, _sklearn_interpolated(q, g, ql, gl, levels), atol=1e-6)
+
+
+def test_per_class_map_from_per_query_ap_matches_sklearn():
+    rng = np.random.default_rng(6)
+    q, g = _tie_vectors(rng, 70), _tie_vectors(rng, 70)
+    ql, gl = rng.integers(0, 5, 70), rng.integers(0, 4, 70)  # class 4 has no gallery item
+    _, ap = retrieval_map(q, g, ql, gl, return_per_query=True)
+    got = metrics.per_class_map(ap, ql)
+    ref = _sklearn_aps(q, g, ql, gl)
+    expected = {c: float(np.mean(ref[ql == c])) for c in range(4)}
+    assert set(got) == set(expected)
+    for c in expected:
+        assert got[c] == pytest.approx(expected[c], abs=1e-9)
+    with pytest.raises(ValueError, match="shape"):
+        metrics.per_class_map(ap[:-1], ql)

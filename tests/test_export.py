@@ -1,0 +1,115 @@
+"""python -m hscmae.eval --export: the embeddings file is plain arrays (no pickle), its labels and
+splits are the data's, its post-CCA test embeddings score the reported test mAP under
+scikit-learn's AP, the CCA it records whitens the train split; parquet holds the same rows; bad
+input is one error line, exit 2."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import scipy.linalg
+from sklearn.metrics import average_precision_score
+
+from hscmae.config import config_from_dict, save_config
+from hscmae.data import load_data
+from hscmae.train import fit
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = dict(data="synthetic:tiny", hidden_dim=32, embed_dim=16, cca_dim=4, top_k=3, batch_size=64,
+            epochs=2, threads=1, test_cca="on")
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    d = tmp_path_factory.mktemp("run")
+    cfg = config_from_dict(TINY)
+    fit(cfg, load_data(cfg.data), out_dir=str(d), log=None)
+    save_config(cfg, str(d / "config.yaml"))
+    return d
+
+
+def _eval(run, *extra):
+    return subprocess.run([sys.executable, "-m", "hscmae.eval", "--config", str(run / "config.yaml"),
+                           "--checkpoint", str(run / "checkpoint.pt"), "--out", str(run), *extra],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+def _sk_map(q, g, labels):
+    q = q / np.linalg.norm(q, axis=1, keepdims=True)
+    g = g / np.linalg.norm(g, axis=1, keepdims=True)
+    s = q.astype(np.float64) @ g.T.astype(np.float64)
+    return float(np.mean([average_precision_score(labels == labels[i], s[i]) for i in range(len(q))]))
+
+
+def test_npz_export_is_plain_arrays_and_matches_the_protocol(run, tmp_path):
+    r = _eval(run, "--export", str(tmp_path / "emb"))
+    assert r.returncode == 0, r.stderr
+    metrics = json.loads((run / "metrics_eval.json").read_text())
+    z = np.load(tmp_path / "emb" / "embeddings.npz", allow_pickle=False)  # raises on any object array
+    data = load_data("synthetic:tiny")
+    np.testing.assert_array_equal(z["labels"], data.labels)
+    for split in ("train", "val", "test"):
+        np.testing.assert_array_equal(z[split], data.splits[split])
+    assert z["audio"].shape == z["visual"].shape == (len(data), 16)
+    dim = int(z["test_cca_dim"])
+    assert bool(z["test_cca"]) and 1 <= dim <= 16 and z["audio_cca"].shape == (len(data), dim)
+    assert json.loads(str(z["config"]))["hidden_dim"] == 32
+    te = z["test"]
+    lab = z["labels"][te]
+    # the reported scores, recomputed with scikit-learn on the exported post-CCA test embeddings
+    assert _sk_map(z["audio_cca"][te], z["visual_cca"][te], lab) == pytest.approx(metrics["test_map_a2v"], abs=1e-5)
+    assert _sk_map(z["visual_cca"][te], z["audio_cca"][te], lab) == pytest.approx(metrics["test_map_v2a"], abs=1e-5)
+    # the recorded CCA, recomputed in closed form with scipy on the raw train embeddings (ridge
+    # whitening + SVD); a canonical pair's sign is arbitrary, so columns are compared up to it
+    tr, reg = z["train"], float(z["test_cca_reg"])
+    a, v = z["audio"][tr].astype(np.float64), z["visual"][tr].astype(np.float64)
+    ma, mv = a.mean(0), v.mean(0)
+    n = len(a)
+    kx = np.linalg.inv(np.real(scipy.linalg.sqrtm((a - ma).T @ (a - ma) / (n - 1) + reg * np.eye(a.shape[1]))))
+    ky = np.linalg.inv(np.real(scipy.linalg.sqrtm((v - mv).T @ (v - mv) / (n - 1) + reg * np.eye(v.shape[1]))))
+    u, _, vt = np.linalg.svd(kx @ ((a - ma).T @ (v - mv) / (n - 1)) @ ky)
+    ref_a = (z["audio"] - ma) @ kx @ u[:, :dim]
+    ref_v = (z["visual"] - mv) @ ky @ vt[:dim].T
+    sign = np.sign(np.sum(ref_a * z["audio_cca"], axis=0))
+    np.testing.assert_allclose(z["audio_cca"], ref_a * sign, atol=2e-3 * np.abs(ref_a).max())
+    np.testing.assert_allclose(z["visual_cca"], ref_v * sign, atol=2e-3 * np.abs(ref_v).max())
+
+
+def test_parquet_export_holds_the_same_rows(run, tmp_path):
+    assert _eval(run, "--export", str(tmp_path / "npz")).returncode == 0
+    r = _eval(run, "--export", str(tmp_path / "pq"), "--format", "parquet")
+    assert r.returncode == 0, r.stderr
+    z = np.load(tmp_path / "npz" / "embeddings.npz", allow_pickle=False)
+    for split in ("train", "val", "test"):
+        t = pq.read_table(tmp_path / "pq" / f"embeddings_{split}.parquet")
+        np.testing.assert_array_equal(t["index"].to_numpy(), z[split])
+        np.testing.assert_array_equal(t["label"].to_numpy(), z["labels"][z[split]])
+        for k in ("audio", "visual", "audio_cca", "visual_cca"):
+            np.testing.assert_array_equal(np.stack(t[k].to_numpy(zero_copy_only=False)), z[k][z[split]])
+
+
+def _one_error(r):
+    lines = [x for x in r.stderr.splitlines() if x.strip()]
+    assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    return lines[0]
+
+
+def test_bad_input_is_one_error_line(run, tmp_path):
+    msg = _one_error(_eval(run, "--export", str(tmp_path / "e"), "--set", "hidden_dim=48"))
+    assert "checkpoint.pt" in msg and "hidden_dim" in msg
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    msg = _one_error(_eval(run, "--export", str(blocker / "sub")))
+    assert "not writable" in msg and "a_file" in msg
+    # a data set of one class: retrieval would score AP 1 everywhere
+    rng = np.random.default_rng(0)
+    one = tmp_path / "one_class"
+    one.mkdir()
+    np.save(one / "audio_features.npy", rng.normal(size=(200, 32)).astype(np.float32))
+    np.save(one / "visual_features.npy", rng.normal(size=(200, 64)).astype(np.float32))
+    np.save(one / "labels.npy", np.zeros(200, dtype=np.int64))
+    msg = _one_error(_eval(run, "--export", str(tmp_path / "e1"), "--data", str(one)))
+    assert "1 class" in msg
