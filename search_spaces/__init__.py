@@ -7,6 +7,8 @@ and its search budget. Adding a space = adding a module here and a line in SPACE
 from __future__ import annotations
 
 import itertools
+import math
+import random
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -57,7 +59,7 @@ class Space:
         rec = _Recorder()
         self.sample(rec)
         options = {name: spec["corners"] for name, spec in rec.params.items()}
-        for combo in itertools.islice(itertools.product(*options.values()), 4096):
+        for combo in _corner_combos(list(options.values())):
             fixed = dict(zip(options, combo))
             derived = self.sample(_Fixed(fixed)) or {}
             params = {**fixed, **derived}
@@ -66,6 +68,26 @@ class Space:
             except ConfigError as e:
                 raise ConfigError(f"search space '{self.name}' can sample an impossible config "
                                   f"{params}: {e}") from None
+
+
+def _corner_combos(options: list[list], limit: int = 4096):
+    """Every combination of the corners if there are at most `limit`; else (a big space such as
+    `components`) every corner pair of every two parameters, each with the rest at their first and
+    at their last corners, plus `limit` combinations drawn with a fixed seed: a plain prefix of the
+    product would only ever vary the last few parameters."""
+    total = math.prod(len(o) for o in options)
+    if total <= limit:
+        yield from itertools.product(*options)
+        return
+    for i, j in itertools.combinations(range(len(options)), 2):
+        for a, b in itertools.product(options[i], options[j]):
+            for rest in (0, -1):
+                combo = [o[rest] for o in options]
+                combo[i], combo[j] = a, b
+                yield tuple(combo)
+    rng = random.Random(0)
+    for _ in range(limit):
+        yield tuple(rng.choice(o) for o in options)
 
 
 class _Recorder:
@@ -103,9 +125,9 @@ class _Fixed:
     suggest_int = suggest_categorical = suggest_float
 
 
-from search_spaces import default, smoke, wide  # noqa: E402  (modules use Space above)
+from search_spaces import components, default, smoke, wide  # noqa: E402  (modules use Space above)
 
-SPACES: dict[str, Space] = {s.name: s for s in (default.SPACE, smoke.SPACE, wide.SPACE)}
+SPACES: dict[str, Space] = {s.name: s for s in (default.SPACE, smoke.SPACE, wide.SPACE, components.SPACE)}
 
 
 def get_space(name: str) -> Space:

@@ -1,5 +1,7 @@
-"""The default knobs plus optimisation and size: lr, weight decay, batch size, embedding size."""
+"""The default knobs plus optimisation and size: lr, weight decay, batch size, embedding size, and
+the architecture's depth, width and dropout (shared with `components`)."""
 from search_spaces import Space
+from search_spaces.components import sample_architecture
 from search_spaces.default import sample as sample_default
 
 
@@ -10,9 +12,10 @@ def sample(trial):
     # every choice keeps cca_dim (<= 48) < batch_size and <= embed_dim, top_k (<= 16) <= batch_size
     trial.suggest_categorical("batch_size", [64, 128, 256])
     trial.suggest_categorical("embed_dim", [64, 128, 256])
+    sample_architecture(trial)
     return derived
 
 
-SPACE = Space(name="wide", description="default + lr, weight decay, batch size, embedding size",
+SPACE = Space(name="wide", description="default + lr, weight decay, batch size, embedding size, depth/width/dropout",
               sample=sample, fixed={"epochs": 60}, num_samples=48, max_concurrent=2,
               grace_period=10, reduction_factor=3, checkpoint_every=5)

@@ -1,0 +1,46 @@
+"""Which parts of the method earn their keep: the default five knobs, every component switch, the
+official recipe's objective and schedule knobs, and the architecture's depth, width and dropout.
+
+The switches are searched, not only ablated one at a time, so that a search can find that a data
+set is better served without a level (e.g. DCCA on VEGAS-like data) and report.py's importance and
+ablation tables show which switches separate the good trials from the rest.
+"""
+from search_spaces import Space
+from search_spaces.default import sample as sample_default
+
+# the loss terms a trial may switch off; at least one must stay on (Config.validate)
+LOSS_SWITCHES = ("use_recon", "use_dcca", "use_distill")
+
+
+def sample(trial):
+    derived = sample_default(trial)
+    on = [trial.suggest_categorical(k, [True, False]) for k in LOSS_SWITCHES]
+    if any(on):
+        trial.suggest_categorical("use_infonce", [True, False])
+    else:  # every other term is off: InfoNCE is the objective (a trial without a loss is impossible)
+        derived["use_infonce"] = True
+    trial.suggest_categorical("use_ema", [True, False])
+    trial.suggest_categorical("learned_weights", [True, False])
+    # the official recipe's knobs
+    trial.suggest_categorical("use_cross_recon", [False, True])
+    trial.suggest_categorical("affinity", ["cross", "fused"])
+    trial.suggest_categorical("warmup_epochs", [0, 5, 10])  # < the space's 60 epochs
+    trial.suggest_categorical("ema_schedule", ["constant", "ramp"])
+    sample_architecture(trial)
+    return derived
+
+
+def sample_architecture(trial):
+    """Depth, width and dropout (the shipped MLP: 2 Linear layers per network, no dropout; the
+    official one: 3 layers, dropout 0.2 encoder / 0.1 decoder). Shared with `wide`."""
+    trial.suggest_categorical("hidden_dim", [256, 512, 1024])
+    trial.suggest_int("enc_layers", 2, 3)
+    trial.suggest_int("dec_layers", 2, 3)
+    trial.suggest_float("enc_dropout", 0.0, 0.3)
+    trial.suggest_float("dec_dropout", 0.0, 0.3)
+
+
+SPACE = Space(name="components", description="default + component switches, recipe knobs "
+                                             "(cross-recon, affinity, warm-up, EMA ramp), depth/width/dropout",
+              sample=sample, fixed={"epochs": 60}, num_samples=48, max_concurrent=2,
+              grace_period=10, reduction_factor=3, checkpoint_every=5)
