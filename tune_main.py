@@ -23,7 +23,7 @@ import time
 import yaml
 
 from hscmae.config import Config, ConfigError, load_config
-from hscmae.data import DataError, load_data
+from hscmae.data import DataError, load_data_for
 from harness import METRIC, MODE, UsageError
 from harness.callbacks import make_progress_callback
 from harness.ray_setup import init_ray
@@ -91,7 +91,7 @@ def prepare(args):
     name = args.name or f"hscmae-{space.name}"
     exp = experiment_path(args.storage, name)
     check_storage(args.storage)
-    data = load_data(probe.data, probe.split_seed)
+    data = load_data_for(probe)
     probe.validate(n_train=len(data.splits["train"]))
     return dict(space=space, base=base, probe=probe, data=data, name=name, exp=exp,
                 num_samples=num_samples, max_concurrent=max_concurrent)
@@ -149,8 +149,9 @@ def main(argv: list[str] | None = None) -> int:
             "base_config.yaml": yaml.safe_dump(run["base"], sort_keys=False),
             "versions.json": json.dumps(versions(), indent=2) + "\n",
             "data.json": json.dumps({"source": run["probe"].data, "split_seed": run["probe"].split_seed,
-                                     "n_clips": len(run["data"]), "fingerprint": run["data"].fingerprint()},
-                                    indent=2) + "\n"})
+                                     "n_clips": len(run["data"]), "fingerprint": run["data"].fingerprint(),
+                                     "temporal_pool": run["probe"].temporal_pool, "normalize": run["probe"].normalize,
+                                     "provenance": run["data"].meta}, indent=2) + "\n"})
         searcher = OptunaSearch(space=space.sample, metric=METRIC, mode=MODE,
                                 sampler=optuna.samplers.TPESampler(seed=args.seed))
         scheduler = ASHAScheduler(time_attr="epoch", max_t=max_epochs,

@@ -11,7 +11,7 @@ import os
 import sys
 
 from hscmae.config import ConfigError, load_config
-from hscmae.data import DataError, load_data
+from hscmae.data import DataError, load_data_for
 from hscmae.io import atomic_write_json
 from hscmae.train import CheckpointError
 
@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config, overrides)
         if args.export:  # before any work: a folder we cannot write would waste the embedding
             check_writable(args.export)
-        data = load_data(cfg.data, cfg.split_seed)
+        data = load_data_for(cfg)
         if args.export:
             require_classes(data, cfg.data)
             emb = protocol_embeddings(load_model(cfg, data, args.checkpoint), data, cfg)

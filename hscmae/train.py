@@ -21,7 +21,7 @@ import torch
 
 from hscmae import losses as L
 from hscmae.config import Config, ConfigError, load_config, save_config
-from hscmae.data import Dataset, DataError, load_data
+from hscmae.data import Dataset, DataError, load_data_for
 from hscmae.evaluate import embed_all, protocol_scores
 from hscmae.history import HISTORY, append_history, truncate_history, write_fig_training
 from hscmae.io import atomic_write, atomic_write_json
@@ -226,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         cfg = load_config(args.config, list(args.set) + ([f"data={args.data}"] if args.data else []))
-        data = load_data(cfg.data, cfg.split_seed)
+        data = load_data_for(cfg)
         cfg.validate(n_train=len(data.splits["train"]))
         ckpt = os.path.join(args.out, "checkpoint.pt")
         resume = ckpt if args.resume and os.path.exists(ckpt) else None

@@ -16,13 +16,13 @@ from reporting.writing import _write
 
 def run_ablation(exp: Experiment, out: str, best: pd.Series | None, seeds: int, epochs: int | None,
                  address: str | None, num_cpus: int | None, log=print) -> list[str]:
-    from hscmae.data import load_data
+    from hscmae.data import load_data_for
 
     if best is None:
         raise ReportError(f"{exp.path}: no trial with a validation score, so no best config to ablate")
     cfg = config_from_dict(exp.full_config(best))
     runs = ablation.ablation_runs(cfg, seeds, epochs)
-    data = load_data(cfg.data, cfg.split_seed)
+    data = load_data_for(cfg)
     recorded = os.path.join(exp.path, "data.json")
     if os.path.exists(recorded):
         fp = _read_json(recorded, "").get("fingerprint")

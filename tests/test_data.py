@@ -88,7 +88,8 @@ def test_n_mismatch(good):
 def test_not_2d(good):
     folder, a, v, l = good
     _expect(_write(folder, a[:, 0], v, l), r"audio_features.npy: expected a 2-D array")
-    _expect(_write(folder, a, v.reshape(60, 7, 1), l), r"visual_features.npy: expected a 2-D array")
+    # 3-D (clips x segments x dims) is accepted since issue 16 (pooled by temporal_pool); 4-D is not
+    _expect(_write(folder, a, v.reshape(60, 7, 1, 1), l), r"visual_features.npy: expected a 2-D array")
 
 
 def test_nan_rows_are_counted(good):

@@ -196,7 +196,7 @@ def _bad_folder(kind, which, rng):
         which = "labels.npy"
     if kind in ("float_labels", "negative_labels", "singleton_class", "2d_labels"):
         which = "labels.npy"
-    if kind in ("rank1", "rank3", "nan_rows", "huge_float64", "complex", "empty_cols"):
+    if kind in ("rank1", "rank4", "nan_rows", "huge_float64", "complex", "empty_cols"):
         which = which if which != "labels.npy" else "audio_features.npy"
     x = arrays[which]
     if kind == "missing":
@@ -211,8 +211,8 @@ def _bad_folder(kind, which, rng):
     if kind == "rank1":
         arrays[which] = x[:, 0]
         return _write(*arrays.values()), f"{which}: expected a 2-D array"
-    if kind == "rank3":
-        arrays[which] = x[:, :, None]
+    if kind == "rank4":  # 3-D is clips x segments x dims (pooled); 4-D+ is refused
+        arrays[which] = x[:, :, None, None]
         return _write(*arrays.values()), f"{which}: expected a 2-D array"
     if kind == "n_mismatch":
         arrays[which] = x[: len(x) - int(rng.integers(1, 30))]
@@ -254,7 +254,7 @@ def _bad_folder(kind, which, rng):
     raise AssertionError(kind)
 
 
-KINDS = ["missing", "not_npy", "pickled_objects", "rank1", "rank3", "n_mismatch", "nan_rows", "huge_float64",
+KINDS = ["missing", "not_npy", "pickled_objects", "rank1", "rank4", "n_mismatch", "nan_rows", "huge_float64",
          "complex", "empty_cols", "float_labels", "negative_labels", "singleton_class", "2d_labels"]
 
 

@@ -1,0 +1,5 @@
+import sys
+
+from hscmae.data import main
+
+sys.exit(main())

@@ -1,0 +1,73 @@
+"""`python -m hscmae.data export SOURCE DEST`: write any source as a folder of .npy files (plus
+splits.npz) or, when DEST ends in .h5 / .hdf5, as one of the authors' HDF5 files."""
+from __future__ import annotations
+
+import io
+import os
+import sys
+
+import numpy as np
+
+from hscmae.data.common import DataError, stratified_split
+from hscmae.data.folder import FILES
+
+H5_SUFFIXES = (".h5", ".hdf5")
+
+
+def export(source: str, dest: str, split_seed: int = 0, layout: str | None = None,
+           val_fraction: float = 0.15) -> None:
+    """Write a source's features as stored (before pooling and scaling), its labels and its splits."""
+    from hscmae.data import hdf5, load_data, open_source
+    from hscmae.io import atomic_write
+
+    to_h5 = dest.lower().endswith(H5_SUFFIXES)
+    if layout is not None and not to_h5:
+        raise DataError(f"{dest}: --layout applies to an .h5 / .hdf5 destination only")
+    if not source.startswith("synthetic:"):
+        load_data(source, split_seed, val_fraction=val_fraction)  # validates every value first
+    with open_source(source, split_seed, val_fraction) as src:
+        audio, visual = (np.concatenate([np.asarray(a[()]) for _, a in src[m]]) for m in ("audio", "visual"))
+        labels, splits = src["labels"], src["splits"]
+    if splits is None:
+        splits = stratified_split(labels, split_seed, src["where"]["l"])
+    if to_h5:
+        hdf5.write_hdf5(dest, audio, visual, labels, splits, layout or "split-keys")
+        return
+    for name, arr in zip(FILES, (audio, visual, labels)):
+        atomic_write(os.path.join(dest, name), lambda f, a=arr: np.save(f, a, allow_pickle=False))
+
+    def write_npz(f):
+        buf = io.BytesIO()
+        np.savez(buf, **splits)
+        f.write(buf.getvalue())
+    atomic_write(os.path.join(dest, "splits.npz"), write_npz)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    from hscmae.data import __doc__ as doc, load_data
+    from hscmae.data.hdf5 import LAYOUTS
+
+    p = argparse.ArgumentParser(prog="python -m hscmae.data", description=doc,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    e = sub.add_parser("export", help="write SOURCE as a folder of .npy files plus splits.npz, "
+                                      "or as an HDF5 file in the authors' layout (DEST ending in .h5)")
+    e.add_argument("source")
+    e.add_argument("dest", metavar="DIR_OR_H5")
+    e.add_argument("--layout", choices=LAYOUTS, default=None, help="HDF5 layout (default split-keys)")
+    e.add_argument("--split-seed", type=int, default=0)
+    e.add_argument("--val-fraction", type=float, default=0.15,
+                   help="for an .h5 SOURCE without val_index: the train part's share carved out as val")
+    args = p.parse_args(argv)
+    try:
+        export(args.source, args.dest, args.split_seed, args.layout, args.val_fraction)
+    except DataError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    ds = load_data(args.dest)
+    print(f"wrote {len(ds)} clips ({ds.audio.shape[1]}-d audio, {ds.visual.shape[1]}-d visual, "
+          f"{len(np.unique(ds.labels))} classes; train/val/test "
+          f"{[len(ds.splits[k]) for k in ('train', 'val', 'test')]}) to {args.dest}")
+    return 0
