@@ -65,7 +65,8 @@ def _problems(path: str) -> list[str]:
 
 def test_the_scan_sees_the_project_and_catches_what_it_should(tmp_path):
     files = {os.path.relpath(p, ROOT) for p in _sources()}
-    assert {"tune_main.py", os.path.join("hscmae", "train.py"), os.path.join("hscmae", "data.py")} <= files
+    assert {"tune_main.py", os.path.join("hscmae", "train.py"), os.path.join("hscmae", "data", "folder.py"),
+            os.path.join("hscmae", "data", "hdf5.py")} <= files
     bad = tmp_path / "bad.py"
     bad.write_text("import torch, numpy as np, yaml, pickle\n"
                    "torch.load('x')\nnp.load('y', allow_pickle=True)\nyaml.load('z')\n"
