@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 
 SPLIT_FRACTIONS = (0.70, 0.15, 0.15)  # train / val / test, per class (sources without a given split)
-CHUNK_BYTES = 32 << 20  # rows read, pooled and scaled at a time
+CHUNK_BYTES = 8 << 20  # rows read, pooled and scaled at a time (bench_load: peak ~1.2x the result)
 POOLS = ("mean", "max")
 NORMALIZERS = ("standard", "minmax")
 
@@ -246,7 +246,8 @@ def normalise(x: np.ndarray, train: np.ndarray, method: str, where: str) -> np.n
     n = len(train)
     if method == "standard":
         mean = _ordered_sum(_train_chunks(x, train)) / n
-        spread = np.sqrt(_ordered_sum((b - mean) ** 2 for b in _train_chunks(x, train)) / n)
+        spread = np.sqrt(_ordered_sum(np.square(np.subtract(b, mean, out=b), out=b)
+                                      for b in _train_chunks(x, train)) / n)
         shift = mean
     else:
         lo = hi = None
@@ -259,6 +260,9 @@ def normalise(x: np.ndarray, train: np.ndarray, method: str, where: str) -> np.n
         warnings.warn(f"{where}: {int(const.sum())} constant column(s) on the train split; left at 0")
         spread[const] = 1.0
     step = max(1, CHUNK_BYTES // (x.shape[1] * 8))
-    for s in range(0, len(x), step):
-        x[s:s + step] = ((x[s:s + step] - shift) / spread).astype(np.float32)
+    for s in range(0, len(x), step):  # the same float64 operations as on the whole array, in place
+        block = x[s:s + step].astype(np.float64)
+        block -= shift
+        block /= spread
+        x[s:s + step] = block
     return x
