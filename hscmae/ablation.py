@@ -24,6 +24,21 @@ COMPONENTS: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("fixed_weights", "fixed loss weights", {"learned_weights": False}),
     ("no_test_cca", "no test-time CCA", {"test_cca": "off"}),
 )
+# The official recipe's components (hscmae.schedule, the architecture and objective keys): a row only
+# when the component is on in the given config, each switching it back to today's default.
+RECIPE_COMPONENTS: tuple[tuple[str, str, dict[str, Any]], ...] = (
+    ("no_cross_recon", "no cross-modal reconstruction", {"use_cross_recon": False}),
+    ("no_warmup", "no warm-up (learned weights from epoch 1)", {"warmup_epochs": 0}),
+    ("constant_ema", "constant EMA momentum", {"ema_schedule": "constant"}),
+    ("no_lr_schedule", "no LR schedule (constant)", {"lr_schedule": "constant"}),
+    ("no_grad_clip", "no gradient clipping", {"grad_clip": 0.0}),
+    ("no_proj_head", "no projection head", {"proj_head": False}),
+    ("cross_affinity", "teacher neighbours from cross-modal similarity", {"affinity": "cross"}),
+    ("pair_positive", "the pair counted as a positive", {"pair_positive": True}),
+    ("masked_dcca", "DCCA on the masked-input embeddings", {"dcca_input": "masked"}),
+    ("no_input_batchnorm", "no input BatchNorm", {"input_batchnorm": False}),
+    ("no_dropout", "no dropout", {"enc_dropout": 0.0, "dec_dropout": 0.0}),
+)
 METRICS = ("test_map_a2v", "test_map_v2a", "test_map", "val_map")
 
 
@@ -51,8 +66,10 @@ def ablation_runs(cfg: Config, seeds: int | Sequence[int] = 3, epochs: int | Non
     if epochs is not None:
         base["epochs"] = epochs
     runs = []
-    for name, label, changes in COMPONENTS:
+    for name, label, changes in COMPONENTS + RECIPE_COMPONENTS:
         noop = bool(changes) and all(base[k] == v for k, v in changes.items())
+        if noop and (name, label, changes) in RECIPE_COMPONENTS:
+            continue  # that recipe component is off in this config: nothing to ablate
         desc = _describe(changes) + (" (same as the full model)" if noop else "") if changes else "best config"
         for seed in seed_list:
             try:
@@ -93,7 +110,7 @@ def summarise(runs: list[AblationRun], results: list[dict]) -> list[dict]:
     """Per component (in COMPONENTS order): seeds run, seeds that diverged, and mean / sample std
     (ddof 1) of each metric over the seeds that finished."""
     rows = []
-    for name, label, _ in COMPONENTS:
+    for name, label, _ in COMPONENTS + RECIPE_COMPONENTS:
         mine = [(r, res) for r, res in zip(runs, results) if r.component == name]
         if not mine:
             continue

@@ -127,6 +127,8 @@ class Config:
             raise bad("warmup_epochs", f"must be < epochs ({self.epochs})")
         if self.top_k > self.batch_size:
             raise bad("top_k", f"must be <= batch_size ({self.batch_size})")
+        if not self.pair_positive and self.top_k >= self.batch_size:  # k positives among the b - 1 others
+            raise bad("top_k", f"must be < batch_size ({self.batch_size}) when pair_positive is false")
         # A batch of b samples has sample covariances of rank <= b - 1: more canonical directions
         # than that are pure regulariser, so DCCA needs cca_dim < batch_size.
         if self.cca_dim >= self.batch_size:
@@ -134,8 +136,8 @@ class Config:
         emb = self.proj_dim if self.proj_head else self.embed_dim  # what the losses see
         if self.cca_dim > emb:
             raise bad("cca_dim", f"must be <= {'proj_dim' if self.proj_head else 'embed_dim'} ({emb})")
-        if self.test_cca_dim > self.embed_dim:
-            raise bad("test_cca_dim", f"must be <= embed_dim ({self.embed_dim})")
+        if self.test_cca_dim > emb:  # retrieval embeds what the losses see
+            raise bad("test_cca_dim", f"must be <= {'proj_dim' if self.proj_head else 'embed_dim'} ({emb})")
         if not (self.use_recon or self.use_dcca or self.use_infonce or self.use_distill or self.use_cross_recon):
             raise ConfigError("config keys 'use_recon', 'use_dcca', 'use_infonce', 'use_distill', "
                               "'use_cross_recon': at least one loss term must be on")

@@ -33,11 +33,11 @@ FIXED_CCA_REG, FIXED_CCA_DIM = 1e-3, 64
 def embed_all(model, data: Dataset, which: str = "teacher", batch: int = 4096) -> tuple[np.ndarray, np.ndarray]:
     """Clean-input embeddings of every clip from the teacher (or student) encoders."""
     model.eval()
-    enc = model.teacher if (which == "teacher" and model.teacher is not None) else model.encoders
     out = []
     for m, x in (("a", data.audio), ("v", data.visual)):
         x = torch.from_numpy(np.ascontiguousarray(x))
-        out.append(torch.cat([enc[m](x[i:i + batch]) for i in range(0, len(x), batch)]).numpy())
+        out.append(torch.cat([model.embed(x[i:i + batch], m, teacher=which == "teacher")
+                              for i in range(0, len(x), batch)]).numpy())
     model.train()
     return out[0], out[1]
 
@@ -105,10 +105,17 @@ def protocol_scores(za: np.ndarray, zv: np.ndarray, data: Dataset, cfg: Config,
 
 
 def evaluate_checkpoint(cfg: Config, data: Dataset, checkpoint: str) -> dict[str, float]:
-    from hscmae.train import build_model, load_checkpoint
+    from hscmae.train import ARCH_KEYS, CheckpointError, build_model, config_diff, load_checkpoint
 
     state = load_checkpoint(checkpoint)
+    diff = config_diff(state, cfg, ARCH_KEYS)
+    if diff:
+        raise CheckpointError(f"{checkpoint}: saved with a different architecture (keys {diff})")
     model = build_model(cfg, data)
-    model.load_state_dict(state["model"])
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as e:  # e.g. the data's feature dimensions differ from the checkpoint's
+        raise CheckpointError(f"{checkpoint}: weights do not fit this model and data "
+                              f"({str(e).splitlines()[0][:200]})") from None
     za, zv = embed_all(model, data, cfg.eval_encoder)
     return protocol_scores(za, zv, data, cfg, splits=("val", "test"))

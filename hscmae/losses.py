@@ -87,9 +87,14 @@ def cosine_sim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return F.normalize(a, dim=1) @ F.normalize(b, dim=1).T
 
 
-def _topk_soft_positives(teacher_sim: torch.Tensor, k: int, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+def _topk_soft_positives(teacher_sim: torch.Tensor, k: int, temperature: float,
+                         pair_positive: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """(indices, weights), both b x k: the clip's own pair plus the teacher's k-1 nearest other
-    clips, weighted by a softmax of the teacher's similarities / temperature over those k."""
+    clips (pair_positive=False: the k nearest others, the pair left out as in the official code),
+    weighted by a softmax of the teacher's similarities / temperature over those k."""
+    if not pair_positive:
+        pick = teacher_sim.clone().fill_diagonal_(float("-inf")).topk(k, dim=1).indices
+        return pick, (teacher_sim.gather(1, pick) / temperature).softmax(dim=1)
     own = torch.arange(teacher_sim.shape[0]).unsqueeze(1)
     if k == 1:
         pick = own
@@ -114,21 +119,46 @@ def soft_topk_targets(teacher_sim: torch.Tensor, k: int, temperature: float) -> 
     return torch.zeros_like(teacher_sim).scatter_(1, pick, w)
 
 
+def teacher_affinity(teacher_a: torch.Tensor, teacher_v: torch.Tensor, affinity: str = "cross") -> torch.Tensor:
+    """The b x b similarity the teacher mines neighbours from: "cross" = cos(a_i, v_j) (row i is
+    audio clip i against every visual clip); "fused" = cos(f_i, f_j) of the fused clip embeddings
+    f = (a/|a| + v/|v|) / 2 (the official code's z_fused_t; symmetric, so both directions share it)."""
+    if affinity == "fused":
+        f = (F.normalize(teacher_a, dim=1) + F.normalize(teacher_v, dim=1)) / 2
+        return cosine_sim(f, f)
+    return cosine_sim(teacher_a, teacher_v)
+
+
 def soft_infonce(student_a: torch.Tensor, student_v: torch.Tensor, teacher_a: torch.Tensor,
-                 teacher_v: torch.Tensor, k: int, temperature: float) -> torch.Tensor:
+                 teacher_v: torch.Tensor, k: int, temperature: float, affinity: str = "cross",
+                 pair_positive: bool = True) -> torch.Tensor:
     """Soft multi-positive InfoNCE in both directions (audio->visual and visual->audio).
 
     Student logits are its cross-modal cosine similarities / temperature; targets are mined from
-    the teacher's clean cross-modal similarities (no gradient flows into them). The loss gathers
-    the k target entries of each row rather than multiplying a dense b x b target."""
+    the teacher's clean similarities (`teacher_affinity`; no gradient flows into them). The loss
+    gathers the k target entries of each row rather than multiplying a dense b x b target.
+    pair_positive=False leaves the clip's own pair out of both the positives and the softmax's
+    denominator (its logit is -inf), as the official code's loss does."""
     logits = cosine_sim(student_a, student_v) / temperature
+    if not pair_positive:
+        logits = logits.masked_fill(torch.eye(logits.shape[0], dtype=torch.bool), float("-inf"))
     with torch.no_grad():
-        t_sim = cosine_sim(teacher_a, teacher_v)
-        pick_a2v, w_a2v = _topk_soft_positives(t_sim, k, temperature)
-        pick_v2a, w_v2a = _topk_soft_positives(t_sim.T, k, temperature)
+        t_sim = teacher_affinity(teacher_a, teacher_v, affinity)
+        pick_a2v, w_a2v = _topk_soft_positives(t_sim, k, temperature, pair_positive)
+        pick_v2a, w_v2a = _topk_soft_positives(t_sim.T, k, temperature, pair_positive)
     loss_a2v = -(w_a2v * logits.log_softmax(dim=1).gather(1, pick_a2v)).sum(1).mean()
     loss_v2a = -(w_v2a * logits.T.log_softmax(dim=1).gather(1, pick_v2a)).sum(1).mean()
     return (loss_a2v + loss_v2a) / 2
+
+
+def cross_recon_loss(recon_a2v: torch.Tensor, clean_v: torch.Tensor, recon_v2a: torch.Tensor,
+                     clean_a: torch.Tensor) -> torch.Tensor:
+    """Cross-modal reconstruction (the official `loss_cross`): MSE over every entry of the visual
+    input decoded from the audio embedding and of the audio input decoded from the visual one,
+    averaged over the two directions (the official code sums them; a constant factor that the
+    learned weighting absorbs). Every entry, not only masked ones: the other modality's input was
+    never shown to the encoder, so there is no identity shortcut to exclude."""
+    return (F.mse_loss(recon_a2v, clean_v) + F.mse_loss(recon_v2a, clean_a)) / 2
 
 
 def distill_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:

@@ -20,6 +20,7 @@ from typing import Callable
 import torch
 
 from hscmae import losses as L
+from hscmae import schedule as S
 from hscmae.config import Config, ConfigError, load_config, save_config
 from hscmae.data import Dataset, DataError, load_data_for
 from hscmae.evaluate import embed_all, protocol_scores
@@ -27,7 +28,10 @@ from hscmae.history import HISTORY, append_history, truncate_history, write_fig_
 from hscmae.io import atomic_write, atomic_write_json
 from hscmae.model import HSCMAE
 
-TERMS = ("recon", "dcca", "infonce", "distill")
+TERMS = ("recon", "dcca", "infonce", "distill", "cross_recon")  # new terms go last: their order is the sum's
+# the keys that decide the networks' modules and shapes: a checkpoint must agree on all of them
+ARCH_KEYS = ("hidden_dim", "embed_dim", "enc_layers", "dec_layers", "activation", "enc_dropout", "dec_dropout",
+             "input_batchnorm", "proj_head", "proj_dim", "use_cross_recon", "use_ema")
 
 
 class TrainingDiverged(RuntimeError):
@@ -73,6 +77,17 @@ def load_checkpoint(path: str) -> dict:
     return state
 
 
+def saved_config(state: dict) -> dict:
+    """A checkpoint's config with the keys it predates at their defaults (which are the behaviour it
+    was trained with: every new key defaults to the old behaviour)."""
+    return {**Config().to_dict(), **state["config"]}
+
+
+def config_diff(state: dict, cfg: Config, keys=None) -> list[str]:
+    saved = saved_config(state)
+    return sorted(k for k in (keys or cfg.to_dict()) if saved.get(k) != getattr(cfg, k))
+
+
 def _param_groups(model: HSCMAE, log_vars: dict, weight_decay: float):
     # decay matrices only; biases, LayerNorm gains, mask values and loss log-variances are not
     # magnitudes to shrink
@@ -82,27 +97,39 @@ def _param_groups(model: HSCMAE, log_vars: dict, weight_decay: float):
 
 
 def train_step(model: HSCMAE, cfg: Config, xa: torch.Tensor, xv: torch.Tensor, gen: torch.Generator,
-               log_vars: dict | None) -> tuple[torch.Tensor, dict[str, float]]:
-    """Forward pass of one batch; returns (total loss, {loss_<term>, w_<term>: float})."""
+               log_vars: dict | None, epoch: int | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """Forward pass of one batch; returns (total loss, {loss_<term>, w_<term>: float}). `epoch`
+    (1-based) places the step in the schedules (warm-up); None: the last epoch, past any warm-up."""
     terms = active_terms(cfg)
+    epoch = cfg.epochs if epoch is None else epoch
     ma, hid_a = model.mask(xa, "a", cfg.mask_ratio, gen)
     mv, hid_v = model.mask(xv, "v", cfg.mask_ratio, gen)
-    za, zv = model.encoders["a"](ma), model.encoders["v"](mv)
+    ha, hv = model.encoders["a"](ma), model.encoders["v"](mv)  # what the decoders read
+    za, zv = model.project(ha, "a"), model.project(hv, "v")  # what the losses see (= ha, hv without a head)
     need_teacher = "infonce" in terms or "distill" in terms
     if need_teacher:
         ta, tv = model.teacher_embed(xa, "a"), model.teacher_embed(xv, "v")
     parts: dict[str, torch.Tensor] = {}
     if "recon" in terms:
-        parts["recon"] = (L.masked_recon_loss(model.decoders["a"](za), xa, hid_a)
-                          + L.masked_recon_loss(model.decoders["v"](zv), xv, hid_v)) / 2
+        parts["recon"] = (L.masked_recon_loss(model.decoders["a"](ha), xa, hid_a)
+                          + L.masked_recon_loss(model.decoders["v"](hv), xv, hid_v)) / 2
     if "dcca" in terms:
-        parts["dcca"] = L.dcca_loss(za, zv, cfg.cca_dim, cfg.cca_reg)
+        if cfg.dcca_input == "clean":  # the official "CCA path": the student on the clean input, with gradient
+            ca, cv = model.project(model.encoders["a"](xa), "a"), model.project(model.encoders["v"](xv), "v")
+        else:
+            ca, cv = za, zv
+        parts["dcca"] = L.dcca_loss(ca, cv, cfg.cca_dim, cfg.cca_reg)
     if "infonce" in terms:
-        parts["infonce"] = L.soft_infonce(za, zv, ta, tv, cfg.top_k, cfg.temperature)
+        parts["infonce"] = L.soft_infonce(za, zv, ta, tv, cfg.top_k, cfg.temperature, cfg.affinity, cfg.pair_positive)
     if "distill" in terms:
         parts["distill"] = (L.distill_loss(za, ta) + L.distill_loss(zv, tv)) / 2
-    fixed = {t: getattr(cfg, f"{t}_weight") for t in terms}
-    total, weights = L.weighted_total(parts, log_vars, fixed)
+    if "cross_recon" in terms:
+        parts["cross_recon"] = L.cross_recon_loss(model.cross_decoders["a2v"](ha), xv,
+                                                  model.cross_decoders["v2a"](hv), xa)
+    # warm-up: the fixed weights, then the learned weighting (whose log-variances get no gradient,
+    # so AdamW leaves them at 0, until it switches on)
+    learned = None if S.in_warmup(cfg, epoch) else log_vars
+    total, weights = L.weighted_total(parts, learned, S.fixed_weights(cfg, terms, epoch))
     stats = {f"loss_{k}": float(v.detach()) for k, v in parts.items()}
     stats.update({f"w_{k}": w for k, w in weights.items()})
     return total, stats
@@ -120,12 +147,15 @@ def build_training(cfg: Config, data: Dataset):
 
 
 def optimizer_step(model: HSCMAE, cfg: Config, opt: torch.optim.Optimizer, log_vars: dict | None,
-                   xa: torch.Tensor, xv: torch.Tensor, gen: torch.Generator, where: str = "") -> dict[str, float]:
-    """One training step on a batch: forward, finiteness check, backward, AdamW, EMA teacher update.
-    Returns the step's stats (loss terms, weights, total "loss"). `where` names the step in errors.
-    (bench/bench_train.py times exactly this function.)"""
+                   xa: torch.Tensor, xv: torch.Tensor, gen: torch.Generator, where: str = "",
+                   epoch: int | None = None) -> dict[str, float]:
+    """One training step on a batch: forward, finiteness check, backward, gradient clipping (if
+    grad_clip), AdamW, EMA teacher update. Returns the step's stats (loss terms, weights, total
+    "loss"). `where` names the step in errors; `epoch` (1-based; None = the last) places it in the
+    warm-up and EMA schedules. (bench/bench_train.py times exactly this function.)"""
+    epoch = cfg.epochs if epoch is None else epoch
     try:
-        total, stats = train_step(model, cfg, xa, xv, gen, log_vars)
+        total, stats = train_step(model, cfg, xa, xv, gen, log_vars, epoch)
     except torch.linalg.LinAlgError as e:  # NaN/Inf weights reach DCCA's Cholesky first
         raise TrainingDiverged(f"DCCA's Cholesky failed at {where}: the embeddings are NaN/Inf or their "
                                f"covariance is singular ({str(e).splitlines()[0][:160]})") from None
@@ -135,8 +165,10 @@ def optimizer_step(model: HSCMAE, cfg: Config, opt: torch.optim.Optimizer, log_v
                                f"({', '.join(f'{k}={v:.4g}' for k, v in stats.items())})")
     opt.zero_grad(set_to_none=True)
     total.backward()
+    if cfg.grad_clip > 0:  # the networks' gradient norm, as the official clip_grad_norm_(model.parameters())
+        torch.nn.utils.clip_grad_norm_(model.student_parameters(), cfg.grad_clip)
     opt.step()
-    model.update_teacher(cfg.ema_momentum)
+    model.update_teacher(S.ema_momentum_at(cfg, epoch))
     stats["loss"] = loss
     return stats
 
@@ -159,8 +191,8 @@ def fit(cfg: Config, data: Dataset, *, on_epoch: Callable | None = None, resume_
     start_epoch = 0
     if resume_from:
         state = load_checkpoint(resume_from)
-        if state["config"] != cfg.to_dict():
-            diff = sorted(k for k in cfg.to_dict() if state["config"].get(k) != getattr(cfg, k))
+        diff = config_diff(state, cfg)
+        if diff:
             raise CheckpointError(f"{resume_from}: saved with a different config (keys {diff})")
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
@@ -183,11 +215,14 @@ def fit(cfg: Config, data: Dataset, *, on_epoch: Callable | None = None, resume_
     for epoch in range(start_epoch + 1, cfg.epochs + 1):
         t0 = time.perf_counter()
         sums: dict[str, float] = {}
+        for g in opt.param_groups:  # the schedule is a function of the epoch: nothing to checkpoint
+            g["lr"] = S.lr_at(cfg, epoch)
         order = train_idx[torch.randperm(len(train_idx), generator=gen)]
         for i in range(n_batches):
             idx = order[i * b:(i + 1) * b]
             stats = optimizer_step(model, cfg, opt, log_vars, audio.index_select(0, idx),
-                                   visual.index_select(0, idx), gen, where=f"epoch {epoch}, step {i + 1}")
+                                   visual.index_select(0, idx), gen, where=f"epoch {epoch}, step {i + 1}",
+                                   epoch=epoch)
             for k, v in stats.items():
                 sums[k] = sums.get(k, 0.0) + v
         za, zv = embed_all(model, data, cfg.eval_encoder)
