@@ -14,6 +14,9 @@ each fraction is the median over rounds of (step FLOP/s) / (that round's matmul 
 2. breakdown: the batch-256 step with terms switched on one after another, to show what costs
    time beyond the matmuls;
 3. profile: torch.profiler's top operators (self CPU time) of the batch-256 step at each thread count.
+4. recipe (its own section, `bench_train_recipe`; `--recipe-only` runs just it): config/official.yaml's
+   step (the official architecture and objective at batch 512) beside the shipped config's, on
+   synthetic:vegas at 1 thread.
 
 FLOPs counted from the Linear layer shapes: student encoders + decoders forward + backward =
 6 x MACs x batch, teacher encoders forward (clean inputs) = 2 x MACs x batch. Not counted: LayerNorm,
@@ -47,7 +50,12 @@ REF = "matmul 256x1024x512 GFLOP/s"
 THROUGHPUT_COLUMNS = ["data", "batch", "threads", "ms/step", "clips/s", "step GFLOP/s", REF, "% of matmul"]
 BREAKDOWN_COLUMNS = ["step", "threads", "ms/step", "+ms", "% of matmul"]
 PROFILE_COLUMNS = ["threads", "operator", "calls/step", "ms/step", "% of step"]
-TABLES = {"throughput": THROUGHPUT_COLUMNS, "breakdown": BREAKDOWN_COLUMNS, "profile": PROFILE_COLUMNS}
+RECIPE_SECTION = "bench_train_recipe"
+OFFICIAL = os.path.join(_REPO, "config", "official.yaml")
+RECIPE_COLUMNS = ["config", "batch", "threads", "ms/step", "ms per 1k clips", "GFLOP/step", "x shipped FLOPs/clip",
+                  "step GFLOP/s"]
+TABLES = {"throughput": THROUGHPUT_COLUMNS, "breakdown": BREAKDOWN_COLUMNS, "profile": PROFILE_COLUMNS,
+          "recipe": RECIPE_COLUMNS}
 TARGETS = {1: 0.75, 2: 0.60}  # step FLOP/s as a fraction of the matmul's, batch 256
 
 
@@ -283,14 +291,72 @@ def render(tables: dict, info: dict, command: str, header: str) -> str:
     return "\n".join(lines)
 
 
+# ---- 4. the official recipe's step beside the shipped one ----------------------------------------
+
+def recipe_flops(model, cfg, batch: int) -> float:
+    """Nominal FLOPs of one step of any config, from the Linear shapes as step_flops counts them:
+    6 x MACs x batch for what runs with gradient (encoders, decoders, cross decoders, heads, and the
+    encoders + heads again for DCCA on clean inputs), 2 x for the teacher's clean forward."""
+    heads = _macs(model.heads) if model.heads is not None else 0
+    student = _macs(model.encoders) + heads + _macs(model.decoders)
+    student += _macs(model.cross_decoders) if model.cross_decoders is not None else 0
+    student += _macs(model.encoders) + heads if (cfg.use_dcca and cfg.dcca_input == "clean") else 0
+    teacher = _macs(model.encoders) + heads if (cfg.use_infonce or cfg.use_distill) else 0
+    return float(6 * student * batch + 2 * teacher * batch)
+
+
+def run_recipe(quick: bool) -> tuple[dict[str, list[dict]], dict]:
+    source = "synthetic:vegas,n=1000" if quick else "synthetic:vegas"
+    data = load_data(source)
+    rounds = 1 if quick else 5
+    rows = [("config/hsc_mae.yaml (shipped)", CONFIG, {}), ("config/hsc_mae.yaml at batch 512", CONFIG, {"batch_size": 512}),
+            ("config/official.yaml", OFFICIAL, {})]
+    cells = {name: (StepRunner(load_config(path, {**kw, "data": source}), data), 1) for name, path, kw in rows}
+    # ~0.5 s per timed block; the official step is ~1 s at 1 thread
+    res = measure(cells, rounds, lambda r: 2 if quick else max(2, 64 * 16 // r.cfg.batch_size), retries=0 if quick else 3)
+    table = []
+    flops = {name: recipe_flops(r.model, r.cfg, r.cfg.batch_size) for name, (r, _) in cells.items()}
+    per_clip0 = flops[rows[0][0]] / cells[rows[0][0]][0].cfg.batch_size
+    for name, (runner, th) in cells.items():
+        t = statistics.median(res[name]["times"])
+        b = runner.cfg.batch_size
+        table.append({"config": name, "batch": b, "threads": th, "ms/step": 1e3 * t, "ms per 1k clips": 1e6 * t / b,
+                      "GFLOP/step": flops[name] / 1e9, "x shipped FLOPs/clip": flops[name] / b / per_clip0,
+                      "step GFLOP/s": flops[name] / t / 1e9})
+    others = [o for r in res.values() for o in r["others"]]
+    info = {"source": source, "rounds": rounds, "others": (statistics.median(others), max(others)),
+            "load_end": os.getloadavg()}
+    return {"recipe": table}, info
+
+
+def render_recipe(tables: dict, info: dict, command: str, header: str) -> str:
+    return "\n".join([
+        "## 1b. The official recipe's training step (`bench/bench_train.py`, section 4)", "", header,
+        f"- load average at end: {' / '.join(f'{x:.2f}' for x in info['load_end'])}; CPU used by other processes "
+        f"during the timed blocks: median {info['others'][0]:.2f}, max {info['others'][1]:.2f} cores "
+        "(a shared, noisy 2-core machine)",
+        f"- command: `{command}`",
+        f"- protocol: `hscmae.train.optimizer_step` on {info['source']}, 1 thread, {info['rounds']} round(s) interleaved, "
+        "median ms/step; the official step is past its warm-up (learned weights). FLOPs: Linear layers only "
+        "(6 x MACs x batch with gradient, 2 x for the teacher), counting the official step's cross decoders, "
+        "projection heads and its second (clean-input) student forward for DCCA.", "",
+        md_table(RECIPE_COLUMNS, tables["recipe"], {"ms/step": ".1f", "ms per 1k clips": ".1f", "GFLOP/step": ".2f",
+                                                    "x shipped FLOPs/clip": ".1f", "step GFLOP/s": ".1f"}), ""])
+
+
 def main(argv: list[str] | None = None) -> dict[str, list[dict]]:
     p = parser(__file__, __doc__, "seconds: 1k-clip data, 1 thread, 1 round (CI)")
+    p.add_argument("--recipe-only", action="store_true", help="only section 4 (the official recipe's step)")
     args = p.parse_args(argv)
     header = machine_info()
+    tables: dict[str, list[dict]] = {}
     with torch_threads_kept():
-        tables, info = run(args.quick)
-    publish(SECTION, render(tables, info, command_line(argv, __file__), header), args.no_write)
-    return tables
+        if not args.recipe_only:
+            tables, info = run(args.quick)
+            publish(SECTION, render(tables, info, command_line(argv, __file__), header), args.no_write)
+        recipe, info = run_recipe(args.quick)
+    publish(RECIPE_SECTION, render_recipe(recipe, info, command_line(argv, __file__), header), args.no_write)
+    return {**tables, **recipe}
 
 
 if __name__ == "__main__":
