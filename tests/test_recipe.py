@@ -12,7 +12,7 @@ from hscmae import losses as L
 from hscmae import schedule as S
 from hscmae import train as T
 from hscmae.config import Config, config_from_dict, load_config
-from hscmae.data import load_data
+from hscmae.data import load_data, load_data_for
 from hscmae.evaluate import embed_all, evaluate_checkpoint
 
 TINY = dict(data="synthetic:tiny", hidden_dim=32, embed_dim=16, cca_dim=4, top_k=3, batch_size=64,
@@ -314,9 +314,10 @@ def test_ablation_has_a_row_per_recipe_component_that_is_on():
 
 
 def test_official_config_trains(tmp_path):
-    data = load_data("synthetic:vegas,n=900")
-    cfg = load_config("config/official.yaml", {"epochs": 2, "warmup_epochs": 1, "threads": 1,
-                                               "hidden_dim": 64, "embed_dim": 64})
+    cfg = load_config("config/official.yaml", {"data": "synthetic:vegas,n=900", "epochs": 2, "warmup_epochs": 1,
+                                               "threads": 1, "hidden_dim": 64, "embed_dim": 64})
+    data = load_data_for(cfg)
+    assert data.meta["normalize"].startswith("minmax")
     seen = []
     out = T.fit(cfg, data, on_epoch=lambda m, save: seen.append(m), log=None)
     assert [m["w_dcca"] for m in seen][0] == 0.0 and seen[1]["w_dcca"] != 0.0
