@@ -281,3 +281,16 @@ def test_bad_file_through_tune_main_fails_before_ray(tmp_path, arrays, capsys):
     assert tune_main.main(["--space", "smoke", "--data", str(path), "--storage", str(tmp_path / "res")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"error: {path}, key 'Split'"), err
+
+
+def test_3d_h5_exports_to_a_folder_and_to_the_other_layout_unpooled(tmp_path, arrays):
+    _, _, labels = arrays
+    audio = RNG.normal(size=(len(labels), 10, 5)).astype(np.float32)
+    visual = RNG.normal(size=(len(labels), 3, 7))
+    src = _split_keys(tmp_path / "seg.h5", audio, visual, np.eye(C)[labels[:N_TR]], labels[N_TR:])
+    export(src, str(tmp_path / "folder"))
+    export(src, str(tmp_path / "flag.h5"), layout="flag-column")
+    assert np.array_equal(np.load(tmp_path / "folder" / "audio_features.npy"), audio)  # segments kept
+    prints = {load_data(p, temporal_pool="max").fingerprint() for p in (src, str(tmp_path / "folder"),
+                                                                        str(tmp_path / "flag.h5"))}
+    assert len(prints) == 1
