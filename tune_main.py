@@ -24,7 +24,7 @@ import yaml
 
 from hscmae.config import Config, ConfigError, load_config
 from hscmae.data import DataError, load_data_for
-from harness import METRIC, MODE, UsageError
+from harness import METRIC, MODE, UsageError, asha_rungs
 from harness.callbacks import make_progress_callback
 from harness.ray_setup import init_ray
 from harness.storage import check_storage, experiment_path, read_text, versions, write_metadata
@@ -130,11 +130,14 @@ def main(argv: list[str] | None = None) -> int:
                   "use another --name", file=sys.stderr)
             return 2
     cpus = args.cpus_per_trial
+    max_epochs = run["probe"].epochs
+    grace = min(args.grace_period or space.grace_period, max_epochs)
+    rf = args.reduction_factor or space.reduction_factor
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, data=run["data"], base=run["base"], fixed=space.fixed,
-                             checkpoint_every=args.checkpoint_every or space.checkpoint_every, cpus=cpus),
+                             checkpoint_every=args.checkpoint_every or space.checkpoint_every, cpus=cpus,
+                             grid_epochs=asha_rungs(grace, rf, max_epochs)),  # val_map there = final protocol
         {"cpu": cpus})
-    max_epochs = run["probe"].epochs
     init_ray(args.address)
     t0 = time.time()
     if exists:
@@ -154,9 +157,7 @@ def main(argv: list[str] | None = None) -> int:
                                      "provenance": run["data"].meta}, indent=2) + "\n"})
         searcher = OptunaSearch(space=space.sample, metric=METRIC, mode=MODE,
                                 sampler=optuna.samplers.TPESampler(seed=args.seed))
-        scheduler = ASHAScheduler(time_attr="epoch", max_t=max_epochs,
-                                  grace_period=min(args.grace_period or space.grace_period, max_epochs),
-                                  reduction_factor=args.reduction_factor or space.reduction_factor)
+        scheduler = ASHAScheduler(time_attr="epoch", max_t=max_epochs, grace_period=grace, reduction_factor=rf)
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(metric=METRIC, mode=MODE, num_samples=run["num_samples"],

@@ -123,11 +123,11 @@ def _fit_both_scorings(cfg, data) -> tuple[dict, dict]:
     orig = T.protocol_scores
     nan = float("nan")
 
-    def scores(za, zv, data_, cfg_, splits=("val",)):
+    def scores(za, zv, data_, cfg_, splits=("val",), *rest):
         if tuple(splits) == ("val",):
             return {"val_map": nan, "val_map_a2v": nan, "val_map_v2a": nan, "test_cca": nan}
-        captured["off"] = orig(za, zv, data_, dataclasses.replace(cfg_, test_cca="off"), splits=splits)
-        return orig(za, zv, data_, cfg_, splits=splits)
+        captured["off"] = orig(za, zv, data_, dataclasses.replace(cfg_, test_cca="off"), splits, *rest)
+        return orig(za, zv, data_, cfg_, splits, *rest)
 
     T.protocol_scores = scores
     try:

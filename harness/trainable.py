@@ -8,7 +8,7 @@ from search_spaces import trial_config
 
 
 def run_trial(params: dict, data=None, base: dict | None = None, fixed: dict | None = None,
-              checkpoint_every: int = 5, cpus: int = 1) -> None:
+              checkpoint_every: int = 5, cpus: int = 1, grid_epochs: tuple = ()) -> None:
     import shutil
 
     import torch
@@ -40,7 +40,8 @@ def run_trial(params: dict, data=None, base: dict | None = None, fixed: dict | N
             tune.report(metrics)
 
     try:
-        fit(cfg, data, on_epoch=on_epoch, resume_from=resume, log=None)
+        # grid_epochs: ASHA's rungs, where the reported val_map also chooses the test-time CCA's ridge
+        fit(cfg, data, on_epoch=on_epoch, resume_from=resume, log=None, grid_epochs=grid_epochs)
     except CheckpointError as e:  # name the trial's checkpoint, not our temporary copy of it
         if resume is None:
             raise

@@ -5,13 +5,17 @@ embeddings and project; within a split, audio queries search that split's visual
 versa (relevant = same label). With test_cca="auto" the choice between raw and CCA-projected
 embeddings is made on the validation split and then applied to test, never chosen on test.
 
-The final evaluation (the one that scores test) chooses the test-time CCA's ridge and dimension on
-validation from the same grid the linear-CCA baseline is tuned on (`hscmae.cca.CCA_REGS x
-CCA_DIMS`): the number of useful canonical directions follows the number of semantic classes
-(~16 on 10 classes, ~32 on 28), and a fixed one was a handicap the baseline did not have. That
-grid costs ~50 validation mAPs, too many for every epoch, so the per-epoch progress score (what
-ASHA compares) uses one fixed CCA: ridge 1e-3, dim min(embed_dim, 64). test_cca_dim > 0 fixes the
-dimension (ridge 1e-3) everywhere.
+Every score, per-epoch progress and final evaluation alike, chooses the test-time CCA's dimension
+on validation from the grid the linear-CCA baseline is tuned on (`hscmae.cca.CCA_DIMS`): the number
+of useful canonical directions follows the number of semantic classes (~16 on 10 classes, ~32 on
+28), and a fixed one was a handicap the baseline did not have; a per-epoch score with a fixed
+dimension also ranked trials differently from the final one, so ASHA cut on the wrong number. The
+dimensions are nested (one fit per ridge gives all of them), so the sweep at one ridge costs one
+fit plus a few validation mAPs. The ridge is chosen from `CCA_REGS` too wherever `regs` is the full
+grid: always in the final evaluation; in training at the last epoch and at the epochs the caller
+names (a search's ASHA rungs), the other epochs sweep the dimension at ridge 1e-3 only
+(`SWEEP_CCA_REG`: the ridge grid costs ~50 validation mAPs, more than an epoch). test_cca_dim > 0
+fixes the dimension (ridge 1e-3) everywhere.
 
     python -m hscmae.eval --config FILE --checkpoint PATH [--data SRC] [--out DIR]
 """
@@ -25,8 +29,8 @@ from hscmae.config import Config
 from hscmae.data import Dataset
 from hscmae.metrics import retrieval_map_pair
 
-# the per-epoch progress score's one fixed test-time CCA (module docstring): ridge and dimension cap
-FIXED_CCA_REG, FIXED_CCA_DIM = 1e-3, 64
+# the one ridge of a dimension-only sweep (module docstring), and of a fixed test_cca_dim
+SWEEP_CCA_REG = 1e-3
 
 
 @torch.no_grad()
@@ -67,10 +71,10 @@ def best_linear_cca(xa: np.ndarray, xv: np.ndarray, data: Dataset, regs=CCA_REGS
 
 
 def protocol_scores(za: np.ndarray, zv: np.ndarray, data: Dataset, cfg: Config,
-                    splits=("val",)) -> dict[str, float]:
-    """Scores on `splits` under cfg.test_cca; "auto" picks raw or CCA by validation mean mAP.
-    With "test" in `splits` (the final evaluation) the CCA's ridge and dimension are chosen on
-    validation too (module docstring).
+                    splits=("val",), regs=CCA_REGS) -> dict[str, float]:
+    """Scores on `splits` under cfg.test_cca; "auto" picks raw or CCA by validation mean mAP. The
+    CCA's dimension is chosen on validation from CCA_DIMS at each ridge in `regs`, and the ridge
+    among `regs` (module docstring); the final evaluation keeps the default, the full grid.
 
     Returns {f"{split}_map", f"{split}_map_a2v", f"{split}_map_v2a", ..., "test_cca": 0/1,
     "test_cca_reg", "test_cca_dim" (0 when raw)}."""
@@ -80,13 +84,13 @@ def protocol_scores(za: np.ndarray, zv: np.ndarray, data: Dataset, cfg: Config,
         variants[(0.0, 0)] = (za, zv)
     if cfg.test_cca in ("on", "auto"):
         try:
-            if "test" in splits and not cfg.test_cca_dim:
-                score, reg, dim, pa, pv = best_linear_cca(za, zv, data)
+            if not cfg.test_cca_dim:
+                score, reg, dim, pa, pv = best_linear_cca(za, zv, data, regs)
                 variants[(reg, dim)], val[(reg, dim)] = (pa, pv), score
             else:
-                dim = cfg.test_cca_dim or min(za.shape[1], FIXED_CCA_DIM)
-                cca = fit_linear_cca(za[data.splits["train"]], zv[data.splits["train"]], dim, FIXED_CCA_REG)
-                variants[(FIXED_CCA_REG, dim)] = (cca.transform_x(za), cca.transform_y(zv))
+                dim = cfg.test_cca_dim
+                cca = fit_linear_cca(za[data.splits["train"]], zv[data.splits["train"]], dim, SWEEP_CCA_REG)
+                variants[(SWEEP_CCA_REG, dim)] = (cca.transform_x(za), cca.transform_y(zv))
         except (ValueError, np.linalg.LinAlgError):
             if cfg.test_cca == "on":
                 raise

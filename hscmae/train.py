@@ -15,7 +15,7 @@ import os
 import sys
 import time
 import zipfile
-from typing import Callable
+from typing import Callable, Collection
 
 import torch
 
@@ -23,7 +23,8 @@ from hscmae import losses as L
 from hscmae import schedule as S
 from hscmae.config import Config, ConfigError, load_config, save_config
 from hscmae.data import Dataset, DataError, load_data_for
-from hscmae.evaluate import embed_all, protocol_scores
+from hscmae.cca import CCA_REGS
+from hscmae.evaluate import SWEEP_CCA_REG, embed_all, protocol_scores
 from hscmae.history import HISTORY, append_history, truncate_history, write_fig_training
 from hscmae.io import atomic_write, atomic_write_json
 from hscmae.model import HSCMAE
@@ -174,7 +175,8 @@ def optimizer_step(model: HSCMAE, cfg: Config, opt: torch.optim.Optimizer, log_v
 
 
 def fit(cfg: Config, data: Dataset, *, on_epoch: Callable | None = None, resume_from: str | None = None,
-        out_dir: str | None = None, log: Callable[[str], None] | None = print) -> dict:
+        out_dir: str | None = None, log: Callable[[str], None] | None = print,
+        grid_epochs: Collection[int] = ()) -> dict:
     """Train for cfg.epochs epochs, evaluating on validation after each; return final metrics,
     test included.
 
@@ -182,7 +184,9 @@ def fit(cfg: Config, data: Dataset, *, on_epoch: Callable | None = None, resume_
     ("epoch" 1-based, val_map[_a2v|_v2a], the loss terms, the learned weights; the last epoch also
     has the test scores) and a function that writes a full checkpoint atomically to a path it is
     given; returning True stops training. resume_from: a checkpoint file; training continues from
-    the epoch after it and ends bit-identical to an uninterrupted run."""
+    the epoch after it and ends bit-identical to an uninterrupted run. Every val_map chooses the
+    test-time CCA's dimension on validation; grid_epochs (a search's ASHA rungs) and the last epoch
+    also choose its ridge, as the final evaluation does (hscmae.evaluate's docstring)."""
     train_idx = torch.from_numpy(data.splits["train"])
     cfg.validate(n_train=len(train_idx))
     if cfg.threads:
@@ -229,8 +233,9 @@ def fit(cfg: Config, data: Dataset, *, on_epoch: Callable | None = None, resume_
         # the last epoch's report carries the test scores too: a scheduler may stop the trial
         # right at that report, so nothing after it is guaranteed to be seen
         splits = ("val", "test") if epoch == cfg.epochs else ("val",)
+        regs = CCA_REGS if epoch == cfg.epochs or epoch in grid_epochs else (SWEEP_CCA_REG,)
         metrics = {"epoch": epoch, **{k: v / n_batches for k, v in sums.items()},
-                   **protocol_scores(za, zv, data, cfg, splits), "epoch_time_s": time.perf_counter() - t0}
+                   **protocol_scores(za, zv, data, cfg, splits, regs), "epoch_time_s": time.perf_counter() - t0}
         if log:
             log(f"epoch {epoch:3d}/{cfg.epochs}  loss {metrics['loss']:.4f}  val_map {metrics['val_map']:.4f} "
                 f"(a2v {metrics['val_map_a2v']:.4f}, v2a {metrics['val_map_v2a']:.4f})  "

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pandas as pd
 
+from harness import asha_rungs as _asha_rungs
 from reporting.analysis import finished
 from reporting.experiment import METRIC, STATUS_LABEL, Experiment
 
@@ -35,13 +36,8 @@ def figure_bytes(fig) -> dict[str, bytes]:
 
 
 def asha_rungs(space: dict, max_epochs: int) -> list[int]:
-    """The epochs where ASHA can stop a trial (Tune's bracket s = 0: grace * rf^k below max_t)."""
-    grace, rf = space.get("grace_period"), space.get("reduction_factor")
-    if not grace or not rf or rf < 2:
-        return []
-    grace = min(grace, max_epochs)
-    k_max = int(np.log(max_epochs / grace) / np.log(rf) + 1)
-    return [r for r in (grace * rf ** k for k in range(k_max)) if r < max_epochs]
+    """The epochs where ASHA can stop a trial (where the trials' val_map also chose the CCA ridge)."""
+    return _asha_rungs(space.get("grace_period"), space.get("reduction_factor"), max_epochs)
 
 
 def fig_curves(exp: Experiment, best_id: str | None):
@@ -69,7 +65,8 @@ def fig_curves(exp: Experiment, best_id: str | None):
     ax.set_xlim(0.5, exp.max_epochs + 0.5)
     ax.grid(alpha=0.3, lw=0.5)
     ax.legend(loc="lower right", frameon=False)
-    ax.set_title("Validation curves (dotted: ASHA rungs)")
+    # at the rungs and the last epoch val_map also chooses the CCA ridge (hscmae.evaluate's docstring)
+    ax.set_title("Validation curves (dotted: ASHA rungs, CCA ridge chosen)")
     return fig
 
 

@@ -193,6 +193,9 @@ def test_final_evaluation_chooses_the_test_time_cca_on_validation_only():
     out = protocol_scores(za, zv, data, dataclasses.replace(Config(embed_dim=24), test_cca="on"), splits=("val", "test"))
     assert (out["test_cca_reg"], out["test_cca_dim"]) == choice
     assert out["test_map"] == pytest.approx(full[choice][1], abs=1e-6)
-    # per-epoch progress (no test split) uses the one fixed CCA: ridge 1e-3, dim min(embed_dim, 64)
-    out = protocol_scores(za, zv, data, dataclasses.replace(Config(embed_dim=24), test_cca="on"), splits=("val",))
-    assert (out["test_cca_reg"], out["test_cca_dim"]) == (1e-3, 24) and "test_map" not in out
+    # per-epoch progress between ASHA rungs sweeps the dimension at ridge 1e-3 only
+    sweep = {k: v for k, v in full.items() if k[0] == 1e-3}
+    out = protocol_scores(za, zv, data, dataclasses.replace(Config(embed_dim=24), test_cca="on"), splits=("val",),
+                          regs=(1e-3,))
+    assert (out["test_cca_reg"], out["test_cca_dim"]) == max(sweep, key=lambda k: sweep[k][0]) and "test_map" not in out
+    assert out["val_map"] == pytest.approx(max(v[0] for v in sweep.values()), abs=1e-6)

@@ -1,0 +1,138 @@
+"""Every val_map a trial reports follows the final evaluation's protocol: the test-time CCA's
+dimension chosen on validation every epoch, its ridge too at ASHA's rungs and at the last epoch.
+
+The reference is independent of hscmae.cca / hscmae.metrics: canonical directions from scipy's
+generalised symmetric eigenproblem, mAP from scikit-learn one query at a time.
+"""
+import numpy as np
+import pytest
+import scipy.linalg
+from sklearn.metrics import average_precision_score
+
+from hscmae import train as T
+from hscmae.cca import CCA_DIMS, CCA_REGS
+from hscmae.config import config_from_dict
+from hscmae.data import load_data
+
+D = 32  # fixture embedding width; the old per-epoch CCA used dim min(embed_dim, 64) = 32
+TINY = dict(data="synthetic:tiny", hidden_dim=32, embed_dim=D, cca_dim=4, top_k=3, batch_size=64,
+            epochs=3, threads=1, test_cca="auto")
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return load_data("synthetic:tiny")
+
+
+def _embeddings(data, kind: str):
+    """Stand-ins for two trained models' embeddings (N x 32 per view).
+    "few": class signal in 5 shared directions plus 27 label-free directions correlated 0.5 across
+    views: the top canonical directions are the class ones, so a small CCA dimension retrieves
+    well and the full 32 dilutes them. "spread": a weaker class signal in all 32 directions and
+    independent noise, so no dimension stands out."""
+    n, k = len(data), int(data.labels.max()) + 1
+    if kind == "few":
+        rng = np.random.default_rng(0)
+        means, shared = rng.normal(size=(k, 5)), rng.normal(size=(n, 27))
+        views = [np.hstack([means[data.labels] + 0.3 * rng.normal(size=(n, 5)), shared + rng.normal(size=(n, 27))])
+                 for _ in range(2)]
+    else:
+        rng = np.random.default_rng(1)
+        means = 0.5 * rng.normal(size=(k, D))
+        views = [means[data.labels] + rng.normal(size=(n, D)) for _ in range(2)]
+    return views[0].astype(np.float32), views[1].astype(np.float32)
+
+
+def _sklearn_map(a, v, labels):
+    """Mean of a->v and v->a mAP with cosine scores: scikit-learn's per-row ("samples") AP."""
+    rel = labels[:, None] == labels[None, :]
+
+    def one_way(q, g):
+        q = q / np.linalg.norm(q, axis=1, keepdims=True)
+        g = g / np.linalg.norm(g, axis=1, keepdims=True)
+        return average_precision_score(rel, q @ g.T, average="samples")
+
+    return (one_way(a, v) + one_way(v, a)) / 2
+
+
+def _scipy_cca(x, y, reg, dim):
+    """Top-dim canonical directions of [0 Cxy; Cyx 0] w = rho [Cxx 0; 0 Cyy] w (ridge reg * I)."""
+    mx, my = x.mean(0), y.mean(0)
+    xc, yc = x - mx, y - my
+    n, dx = len(x), x.shape[1]
+    cxx = xc.T @ xc / (n - 1) + reg * np.eye(dx)
+    cyy = yc.T @ yc / (n - 1) + reg * np.eye(y.shape[1])
+    cxy = xc.T @ yc / (n - 1)
+    a = np.block([[np.zeros_like(cxx), cxy], [cxy.T, np.zeros_like(cyy)]])
+    _, w = scipy.linalg.eigh(a, scipy.linalg.block_diag(cxx, cyy))
+    w = w[:, ::-1][:, :dim]  # descending correlation
+    return lambda xa: (xa - mx) @ w[:dx], lambda xv: (xv - my) @ w[dx:]
+
+
+def _reference(data, za, zv, regs, dims):
+    """({(reg, dim): val mAP}, test mAP of the best of them); (0, 0) = raw embeddings."""
+    za, zv = za.astype(np.float64), zv.astype(np.float64)
+    tr, val, proj = data.splits["train"], {}, {}
+
+    def score(pa, pv, split):
+        idx = data.splits[split]
+        return _sklearn_map(pa[idx], pv[idx], data.labels[idx])
+
+    proj[(0.0, 0)] = za, zv
+    for reg in regs:
+        for dim in dims:
+            fx, fy = _scipy_cca(za[tr], zv[tr], reg, dim)
+            proj[(reg, dim)] = fx(za), fy(zv)
+    val = {p: score(*proj[p], "val") for p in proj}
+    best = max(val, key=val.get)
+    return val, best, score(*proj[best], "test")
+
+
+def _fit_reporting(tiny, embeddings, grid_epochs, monkeypatch):
+    """fit() on tiny data, its evaluation fed `embeddings` in place of the model's: the metrics
+    it reports each epoch, as a trial reports them to ASHA."""
+    monkeypatch.setattr(T, "embed_all", lambda model, data, which: embeddings)
+    seen = []
+    T.fit(config_from_dict(TINY), tiny, on_epoch=lambda m, save: seen.append(m), log=None, grid_epochs=grid_epochs)
+    return {m["epoch"]: m for m in seen}
+
+
+def test_asha_rung_scores_follow_the_chosen_dimension_not_the_fixed_one(tiny, monkeypatch):
+    dims = [d for d in CCA_DIMS if d <= D]
+    ref = {kind: _reference(tiny, *_embeddings(tiny, kind), CCA_REGS, dims) for kind in ("few", "spread")}
+
+    def val_of(kind, points):
+        return max(ref[kind][0][p] for p in points)
+
+    fixed = {k: val_of(k, [(0.0, 0), (1e-3, D)]) for k in ref}  # the old per-epoch score: raw or dim 32
+    chosen = {k: val_of(k, ref[k][0]) for k in ref}  # the final protocol: raw or the full grid
+    sweep = {k: val_of(k, [(0.0, 0)] + [(1e-3, d) for d in dims]) for k in ref}  # dims at ridge 1e-3
+    # the fixture must rank the two models one way by the fixed dimension and the other by the
+    # chosen one, and the ridge must matter for one of them (so a rung can be told from a sweep)
+    assert fixed["spread"] > fixed["few"] + 0.01 and chosen["few"] > chosen["spread"] + 0.01
+    assert chosen["spread"] > sweep["spread"] + 0.01
+
+    reported = {k: _fit_reporting(tiny, _embeddings(tiny, k), grid_epochs=(2,), monkeypatch=monkeypatch)
+                for k in ref}
+    for k in ref:
+        rung, between, last = reported[k][2], reported[k][1], reported[k][3]
+        assert rung["val_map"] == pytest.approx(chosen[k], abs=1e-6), k
+        assert between["val_map"] == pytest.approx(sweep[k], abs=1e-6), k
+        assert last["val_map"] == pytest.approx(chosen[k], abs=1e-6), k
+        assert "test_map" not in rung and "test_map" in last
+        _, best, test = ref[k]  # the test score of the val-chosen point
+        assert (last["test_cca_reg"], last["test_cca_dim"]) == best and last["test_map"] == pytest.approx(test, abs=1e-6)
+    # ASHA at the rung therefore keeps the model the final evaluation prefers
+    assert reported["few"][2]["val_map"] > reported["spread"][2]["val_map"]
+
+
+def test_rungs_are_where_tunes_asha_records_scores():
+    from ray.tune.schedulers import ASHAScheduler
+
+    from harness import asha_rungs
+
+    for grace, rf, max_t in [(10, 3, 60), (10, 3, 90), (2, 2, 6), (1, 2, 17), (5, 4, 100), (10, 3, 10)]:
+        s = ASHAScheduler(time_attr="epoch", metric="val_map", mode="max", max_t=max_t, grace_period=grace,
+                          reduction_factor=rf)
+        milestones = sorted(m for m, _ in s._brackets[0]._rungs if m < max_t)  # max_t: the last epoch anyway
+        assert asha_rungs(grace, rf, max_t) == milestones, (grace, rf, max_t)
