@@ -58,7 +58,16 @@ def parse_args(argv):
     p.add_argument("--epochs", type=int, default=None, help="--ablate: override epochs (quick runs)")
     p.add_argument("--address", default=None, help="--ablate: Ray cluster to run on (auto, ray://host:10001)")
     p.add_argument("--num-cpus", type=int, default=None, help="--ablate: CPUs of a local Ray (default: all)")
+    p.add_argument("--gpus-per-task", type=float, default=0.0,
+                   help="--ablate: GPUs per training task, a fraction shares one (default 0: CPUs only)")
     args = p.parse_args(argv)
+    from harness import UsageError
+    from harness.ray_setup import check_gpus_per_trial
+
+    try:
+        check_gpus_per_trial(args.gpus_per_task, "--gpus-per-task")
+    except UsageError as e:
+        p.error(str(e))
     for flag in ("top", "seeds", "epochs", "num_cpus"):
         v = getattr(args, flag)
         if v is not None and v < 1:
@@ -76,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         facts = write_report(exp, out, top_n=args.top, importance=args.importance)
         if args.ablate:
             facts["written"] += run_ablation(exp, out, facts["best"], args.seeds, args.epochs, args.address,
-                                             args.num_cpus)
+                                             args.num_cpus, gpus_per_task=args.gpus_per_task)
         write_summary(exp, out, facts)
     except (ReportError, ConfigError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)

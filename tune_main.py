@@ -26,7 +26,7 @@ from hscmae.config import Config, ConfigError, load_config
 from hscmae.data import DataError, load_data_for
 from harness import METRIC, MODE, UsageError, asha_rungs
 from harness.callbacks import make_progress_callback
-from harness.ray_setup import init_ray
+from harness.ray_setup import check_gpus_per_trial, gpu_slots, init_ray
 from harness.storage import check_storage, experiment_path, read_text, versions, write_metadata
 from harness.trainable import run_trial
 from search_spaces import SPACES, get_space
@@ -49,6 +49,9 @@ def parse_args(argv):
     p.add_argument("--num-samples", type=int, default=None, help="trials in total (default: the space's)")
     p.add_argument("--max-concurrent", type=int, default=None, help="trials at once (default: the space's)")
     p.add_argument("--cpus-per-trial", type=int, default=1)
+    p.add_argument("--gpus-per-trial", type=float, default=0.0,
+                   help="GPUs per trial, a fraction shares one (0.25: four trials per GPU); the trial trains on "
+                        "the GPU Ray assigns it (config device auto). Default 0: CPUs only")
     p.add_argument("--seed", type=int, default=0, help="seed of the TPE sampler")
     p.add_argument("--name", default=None, help="experiment name (default: hscmae-<space>)")
     p.add_argument("--storage", default="./results", help="local folder or pyarrow URI (s3://...)")
@@ -69,6 +72,7 @@ def parse_args(argv):
         raise UsageError(f"--reduction-factor must be >= 2, got {args.reduction_factor}")
     if args.max_failures < 0:
         raise UsageError(f"--max-failures must be >= 0, got {args.max_failures}")
+    check_gpus_per_trial(args.gpus_per_trial, "--gpus-per-trial")
     return args
 
 
@@ -86,8 +90,13 @@ def prepare(args):
     space = dataclasses.replace(space, fixed=fixed)
     space.check(base)
     probe = space.example(base)  # data source, epochs and split are those of every trial
+    if probe.device.startswith("cuda") and not args.gpus_per_trial:
+        # Ray hides every GPU (CUDA_VISIBLE_DEVICES="") from a trial that asked for none
+        raise UsageError(f"config key 'device' is {probe.device!r} but --gpus-per-trial is 0: Ray gives a trial "
+                         "no GPU unless it asks for one; pass --gpus-per-trial (or use device 'auto')")
     num_samples = args.num_samples or space.num_samples
-    max_concurrent = args.max_concurrent or space.max_concurrent
+    # with GPUs asked for, the default comes from the cluster's resources once Ray is up (main)
+    max_concurrent = args.max_concurrent or (None if args.gpus_per_trial else space.max_concurrent)
     name = args.name or f"hscmae-{space.name}"
     exp = experiment_path(args.storage, name)
     check_storage(args.storage)
@@ -129,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {exp} was run on different data (fingerprint in data.json differs); "
                   "use another --name", file=sys.stderr)
             return 2
-    cpus = args.cpus_per_trial
+    cpus, gpus = args.cpus_per_trial, args.gpus_per_trial
     max_epochs = run["probe"].epochs
     grace = min(args.grace_period or space.grace_period, max_epochs)
     rf = args.reduction_factor or space.reduction_factor
@@ -137,8 +146,20 @@ def main(argv: list[str] | None = None) -> int:
         tune.with_parameters(run_trial, data=run["data"], base=run["base"], fixed=space.fixed,
                              checkpoint_every=args.checkpoint_every or space.checkpoint_every, cpus=cpus,
                              grid_epochs=asha_rungs(grace, rf, max_epochs)),  # val_map there = final protocol
-        {"cpu": cpus})
+        {"cpu": cpus, **({"gpu": gpus} if gpus else {})})
     init_ray(args.address)
+    if gpus:
+        try:
+            slots = gpu_slots(gpus, cpus, "--gpus-per-trial")
+        except UsageError as e:
+            print(f"error: {e}", file=sys.stderr)
+            import ray
+
+            ray.shutdown()
+            return 2
+        run["max_concurrent"] = run["max_concurrent"] or slots
+        print(f"[hscmae] {gpus:g} GPU(s) and {cpus} CPU(s) per trial: {run['max_concurrent']} trial(s) at once",
+              flush=True)
     t0 = time.time()
     if exists:
         print(f"[hscmae] resuming {exp}", flush=True)

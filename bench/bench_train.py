@@ -2,6 +2,7 @@
 
     python bench/bench_train.py            # full: ~3 minutes on 2 cores; writes its BENCHMARKS.md section
     python bench/bench_train.py --quick    # seconds (CI); add --no-write to leave BENCHMARKS.md alone
+    python bench/bench_train.py --compile  # only torch.compile against eager (its own section)
 
 What is timed is the library's own step, `hscmae.train.optimizer_step` (forward, finiteness check,
 backward, fused AdamW, EMA teacher update), on batches indexed from the preloaded tensors as
@@ -17,6 +18,8 @@ each fraction is the median over rounds of (step FLOP/s) / (that round's matmul 
 4. recipe (its own section, `bench_train_recipe`; `--recipe-only` runs just it): config/official.yaml's
    step (the official architecture and objective at batch 512) beside the shipped config's, on
    synthetic:vegas at 1 thread.
+5. compile (its own section, `bench_train_compile`; `--compile` runs just it): config `compile: true`
+   (torch.compile of the step) against eager on the CPU: compile seconds per trial, ms/step after.
 
 FLOPs counted from the Linear layer shapes: student encoders + decoders forward + backward =
 6 x MACs x batch, teacher encoders forward (clean inputs) = 2 x MACs x batch. Not counted: LayerNorm,
@@ -44,6 +47,9 @@ from hscmae.config import load_config  # noqa: E402
 from hscmae.data import load_data  # noqa: E402
 
 SECTION = "bench_train"
+COMPILE_SECTION = "bench_train_compile"
+COMPILE_COLUMNS = ["batch", "threads", "eager ms/step", "compiled ms/step", "speed-up", "compile s (first steps)",
+                   "steps to repay", "graph breaks"]
 CONFIG = os.path.join(_REPO, "config", "hsc_mae.yaml")
 MATMUL = (256, 1024, 512)  # the step's largest layer: visual encoder layer 1 / decoder layer 2 at batch 256
 REF = "matmul 256x1024x512 GFLOP/s"
@@ -84,6 +90,7 @@ class StepRunner:
     def __init__(self, cfg, data):
         self.cfg = cfg
         self.model, self.log_vars, self.opt, self.gen = T.build_training(cfg, data)
+        self.forward = T.make_forward(cfg, torch.device("cpu"))  # train_step, or compiled with cfg.compile
         self.audio, self.visual = torch.from_numpy(data.audio), torch.from_numpy(data.visual)
         self.train_idx = torch.from_numpy(data.splits["train"])
         self.n_batches = len(self.train_idx) // cfg.batch_size
@@ -99,7 +106,7 @@ class StepRunner:
             idx = self.order[self.i * b:(self.i + 1) * b]
             self.i += 1
             T.optimizer_step(self.model, self.cfg, self.opt, self.log_vars, self.audio.index_select(0, idx),
-                             self.visual.index_select(0, idx), self.gen)
+                             self.visual.index_select(0, idx), self.gen, forward=self.forward)
 
 
 class NetsOnly:
@@ -344,11 +351,69 @@ def render_recipe(tables: dict, info: dict, command: str, header: str) -> str:
                                                     "x shipped FLOPs/clip": ".1f", "step GFLOP/s": ".1f"}), ""])
 
 
+def run_compile(quick: bool) -> tuple[list[dict], dict]:
+    """torch.compile of the training step (config compile: true) against eager, on the CPU: the
+    one-off compile time a trial pays (its first steps, forward and backward graphs), then the
+    step time after, interleaved with eager in rounds as above."""
+    import torch._dynamo
+
+    data = load_data("synthetic:ave,n=1000" if quick else "synthetic:ave")
+    rows, info = [], {"rounds": 1 if quick else 5}
+    for batch in ((64,) if quick else (64, 256)):
+        th = 1
+        torch.set_num_threads(th)
+        eager = StepRunner(load_config(CONFIG, {"batch_size": batch}), data)
+        eager.steps(3)
+        t0 = time.perf_counter()
+        eager.steps(3)
+        eager_first = (time.perf_counter() - t0) / 3
+        torch._dynamo.reset()
+        torch._dynamo.utils.counters.clear()
+        comp = StepRunner(load_config(CONFIG, {"batch_size": batch, "compile": True}), data)
+        t0 = time.perf_counter()
+        comp.steps(3)  # the first call compiles the forward, the first backward its graph
+        compile_s = time.perf_counter() - t0 - 3 * eager_first
+        breaks = sum(torch._dynamo.utils.counters["graph_break"].values())
+        n = 2 if quick else (16 if batch >= 256 else 40)
+        res = measure({"eager": (eager, th), "compiled": (comp, th)}, info["rounds"], lambda r: n,
+                      retries=0 if quick else 3)
+        te, tc = statistics.median(res["eager"]["times"]), statistics.median(res["compiled"]["times"])
+        rows.append({"batch": batch, "threads": th, "eager ms/step": 1e3 * te, "compiled ms/step": 1e3 * tc,
+                     "speed-up": te / tc, "compile s (first steps)": compile_s,
+                     "steps to repay": compile_s / (te - tc) if te > tc else "never",
+                     "graph breaks": breaks})
+        info.setdefault("others", []).extend(o for r in res.values() for o in r["others"])
+    info["load_end"] = os.getloadavg()
+    return rows, info
+
+
+def render_compile(rows: list[dict], info: dict, command: str, header: str) -> str:
+    others = info.get("others") or [float("nan")]
+    return "\n".join([
+        "## 1c. torch.compile of the training step, CPU (`bench/bench_train.py --compile`)", "", header,
+        f"- load average at end: {' / '.join(f'{x:.2f}' for x in info['load_end'])}; CPU used by other processes "
+        f"during the timed blocks: median {statistics.median(others):.2f}, max {max(others):.2f} cores",
+        f"- command: `{command}`",
+        f"- protocol: config/hsc_mae.yaml on synthetic:ave, `hscmae.train.optimizer_step` with `forward = "
+        f"make_forward(cfg)` (torch.compile of `train_step`, inductor's default mode on the CPU), 1 thread; "
+        f"compile s = wall time of a fresh compiled run's first 3 steps minus 3 eager steps (what every trial "
+        f"pays once: each trial is a new model); then {info['rounds']} interleaved round(s), medians.",
+        "", md_table(COMPILE_COLUMNS, rows, {"eager ms/step": ".2f", "compiled ms/step": ".2f", "speed-up": ".2f",
+                                             "compile s (first steps)": ".1f", "steps to repay": ".0f"}), ""])
+
+
 def main(argv: list[str] | None = None) -> dict[str, list[dict]]:
     p = parser(__file__, __doc__, "seconds: 1k-clip data, 1 thread, 1 round (CI)")
     p.add_argument("--recipe-only", action="store_true", help="only section 4 (the official recipe's step)")
+    p.add_argument("--compile", action="store_true",
+                   help="only section 5: torch.compile against eager (rewrites its own section)")
     args = p.parse_args(argv)
     header = machine_info()
+    if args.compile:
+        with torch_threads_kept():
+            rows, info = run_compile(args.quick)
+        publish(COMPILE_SECTION, render_compile(rows, info, command_line(argv, __file__), header), args.no_write)
+        return {"compile": rows}
     tables: dict[str, list[dict]] = {}
     with torch_threads_kept():
         if not args.recipe_only:

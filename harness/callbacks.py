@@ -14,8 +14,14 @@ def make_progress_callback(num_samples: int, max_epochs: int):
             self.start = time.time()
             self.best = (float("-inf"), None)
             self.done = self.early = self.errored = 0
+            self.on_cpu: set[str] = set()
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
+            # the trial's own log line may not reach this driver (log_to_driver is off): say it here
+            if result.get("gpu_ids") and result.get("device") == "cpu" and trial.trial_id not in self.on_cpu:
+                self.on_cpu.add(trial.trial_id)
+                print(f"[hscmae] trial {trial.trial_id} was assigned GPU(s) {result['gpu_ids']} by Ray but trains on "
+                      "the CPU: torch sees no CUDA device on its node", flush=True)
             if result.get(METRIC, float("-inf")) > self.best[0]:
                 self.best = (result[METRIC], trial.trial_id)
 

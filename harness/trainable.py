@@ -14,11 +14,13 @@ def run_trial(params: dict, data=None, base: dict | None = None, fixed: dict | N
     import torch
     from ray import tune
 
+    from hscmae.device import resolve_device
     from hscmae.train import CheckpointError, fit
 
     # fixed: the space's fixed keys as the flags changed them (--max-epochs, --data)
     cfg = trial_config(base or {}, fixed or {}, {**params, "threads": cpus})
     torch.set_num_threads(cpus)  # concurrent trials must not oversubscribe the cores
+    placement = device_placement(resolve_device(cfg))
     resume = None
     ckpt = tune.get_checkpoint()
     if ckpt is not None:  # a restored trial: continue from its last checkpoint, not epoch 0
@@ -31,7 +33,7 @@ def run_trial(params: dict, data=None, base: dict | None = None, fixed: dict | N
                                       f"({e.strerror or e})") from None
 
     def on_epoch(metrics: dict, save) -> None:
-        metrics = {**metrics, "node_id": _node_id()}
+        metrics = {**metrics, "node_id": _node_id(), **placement}
         if metrics["epoch"] % checkpoint_every == 0 or metrics["epoch"] == cfg.epochs:
             with tempfile.TemporaryDirectory(prefix="hscmae-ckpt-") as d:
                 save(os.path.join(d, "checkpoint.pt"))
@@ -50,6 +52,23 @@ def run_trial(params: dict, data=None, base: dict | None = None, fixed: dict | N
     finally:
         if resume is not None:
             shutil.rmtree(os.path.dirname(resume), ignore_errors=True)
+
+
+def device_placement(device) -> dict:
+    """What a trial records about where it ran: the GPU ids Ray assigned it (Ray sets
+    CUDA_VISIBLE_DEVICES to them, so device "auto" trains on them) and the device it trained on.
+    A trial given GPUs that torch cannot see (a CPU-only torch build, or Ray's logical GPUs on a
+    machine without any) trains on the CPU and says so in its log."""
+    import ray
+
+    ids = ",".join(str(i) for i in ray.get_gpu_ids())
+    if ids and device.type == "cpu":
+        import torch
+
+        print(f"[hscmae] trial assigned GPU(s) {ids} by Ray, but torch {torch.__version__} sees no CUDA "
+              f"device (CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '<unset>')!r}): "
+              "training on the CPU", flush=True)
+    return {"gpu_ids": ids, "device": str(device)}
 
 
 def _node_id() -> str:

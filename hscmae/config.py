@@ -154,6 +154,9 @@ _CHOICES = {
     "ema_schedule": ("constant", "ramp"), "lr_schedule": ("constant", "cosine"),
     "test_cca": ("auto", "on", "off"), "eval_encoder": ("teacher", "student"),
 }
+# keys that say where and how fast a run executes, not what it computes: a checkpoint resumes
+# across them (written on a GPU, continued on a CPU), and they are not part of a run's identity
+RUNTIME_KEYS = ("device", "threads", "compile", "deterministic")
 _FIELDS = {f.name: f for f in fields(Config)}
 _TYPES = {"int": int, "float": float, "bool": bool, "str": str}
 

@@ -34,14 +34,18 @@ SWEEP_CCA_REG = 1e-3
 
 
 @torch.no_grad()
-def embed_all(model, data: Dataset, which: str = "teacher", batch: int = 4096) -> tuple[np.ndarray, np.ndarray]:
-    """Clean-input embeddings of every clip from the teacher (or student) encoders."""
+def embed_all(model, data: Dataset, which: str = "teacher", batch: int = 4096,
+              tensors: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Clean-input embeddings of every clip from the teacher (or student) encoders, computed on
+    the model's device and returned as CPU arrays: mAP and the linear CCA finish in numpy.
+    `tensors`: data's (audio, visual) already on that device (fit's copies), else copied per chunk."""
     model.eval()
+    device = next(model.parameters()).device
     out = []
-    for m, x in (("a", data.audio), ("v", data.visual)):
-        x = torch.from_numpy(np.ascontiguousarray(x))
-        out.append(torch.cat([model.embed(x[i:i + batch], m, teacher=which == "teacher")
-                              for i in range(0, len(x), batch)]).numpy())
+    for j, (m, x) in enumerate((("a", data.audio), ("v", data.visual))):
+        x = tensors[j] if tensors is not None else torch.from_numpy(np.ascontiguousarray(x))
+        out.append(torch.cat([model.embed(x[i:i + batch].to(device), m, teacher=which == "teacher")
+                              for i in range(0, len(x), batch)]).cpu().numpy())
     model.train()
     return out[0], out[1]
 
@@ -109,13 +113,15 @@ def protocol_scores(za: np.ndarray, zv: np.ndarray, data: Dataset, cfg: Config,
 
 
 def evaluate_checkpoint(cfg: Config, data: Dataset, checkpoint: str) -> dict[str, float]:
+    from hscmae.device import resolve_device
     from hscmae.train import ARCH_KEYS, CheckpointError, build_model, config_diff, load_checkpoint
 
-    state = load_checkpoint(checkpoint)
+    device = resolve_device(cfg)
+    state = load_checkpoint(checkpoint, map_location=device)
     diff = config_diff(state, cfg, ARCH_KEYS)
     if diff:
         raise CheckpointError(f"{checkpoint}: saved with a different architecture (keys {diff})")
-    model = build_model(cfg, data)
+    model = build_model(cfg, data).to(device)
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as e:  # e.g. the data's feature dimensions differ from the checkpoint's

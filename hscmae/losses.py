@@ -11,11 +11,15 @@ def masked_recon_loss(recon: torch.Tensor, clean: torch.Tensor, hidden: torch.Te
     sufficiency. With nothing masked (mask_ratio 0) it falls back to every entry (a plain AE).
     `hidden` is a bool or 0/1 float mask of the masked entries."""
     # float64 sum: exact for any size, and ~20x faster than count_nonzero on a float mask
-    n = int(hidden.sum(dtype=torch.float64)) if hidden.is_floating_point() else int(torch.count_nonzero(hidden))
-    if n == 0:
-        return (recon - clean).pow(2).mean()
+    n = hidden.sum(dtype=torch.float64) if hidden.is_floating_point() else torch.count_nonzero(hidden)
     err = (recon - clean) * hidden
-    return (err * err).sum() / n
+    if recon.device.type != "cpu":
+        # reading n on the host would stall an accelerator every step; choose on the device instead
+        # (n is exact in float32 below 2^24 masked entries per batch)
+        return torch.where(n > 0, (err * err).sum() / n.clamp_min(1).to(recon.dtype), (recon - clean).pow(2).mean())
+    if int(n) == 0:  # on the CPU the read is free, and the unused branch is not computed
+        return (recon - clean).pow(2).mean()
+    return (err * err).sum() / int(n)
 
 
 class _TopCanonicalCorrelations(torch.autograd.Function):
@@ -37,9 +41,9 @@ class _TopCanonicalCorrelations(torch.autograd.Function):
         x1 = x1 - x1.mean(0)
         x2 = h2.double()
         x2 = x2 - x2.mean(0)
-        eye = torch.eye(d, dtype=torch.float64)
-        l1 = torch.linalg.cholesky(torch.addmm(eye, x1.T, x1, beta=reg, alpha=1.0 / (b - 1)))
-        l2 = torch.linalg.cholesky(torch.addmm(eye, x2.T, x2, beta=reg, alpha=1.0 / (b - 1)))
+        eye = torch.eye(d, dtype=torch.float64, device=h1.device)
+        l1, bad1 = _cholesky(torch.addmm(eye, x1.T, x1, beta=reg, alpha=1.0 / (b - 1)))
+        l2, bad2 = _cholesky(torch.addmm(eye, x2.T, x2, beta=reg, alpha=1.0 / (b - 1)))
         t = torch.linalg.solve_triangular(l1, x1.T @ x2 / (b - 1), upper=False)  # L1^-1 S12
         t = torch.linalg.solve_triangular(l2, t.T, upper=False).T  # ... L2^-T
         eig, vecs = torch.linalg.eigh(t.T @ t)  # ascending
@@ -50,7 +54,10 @@ class _TopCanonicalCorrelations(torch.autograd.Function):
         a = torch.linalg.solve_triangular(l1.T, u, upper=True)
         bb = torch.linalg.solve_triangular(l2.T, v, upper=True)
         ctx.save_for_backward(x1, x2, a, bb, corr)
-        return corr.sum()
+        if bad1 is None:
+            return corr.sum()
+        # a failed factorisation makes the loss NaN, which the step's finiteness check reports
+        return torch.where(bad1 | bad2, torch.nan, corr.sum())
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -61,6 +68,16 @@ class _TopCanonicalCorrelations(torch.autograd.Function):
         g1 = (xb - xa * corr) @ a.T * scale
         g2 = (xa - xb * corr) @ bb.T * scale
         return g1, g2, None, None
+
+
+def _cholesky(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(L, failed). On the CPU, linalg.cholesky raises LinAlgError on a matrix that is not
+    positive definite (failed is None); on an accelerator that check is a host read every call,
+    so cholesky_ex returns the failure as a device tensor instead."""
+    if a.device.type == "cpu":
+        return torch.linalg.cholesky(a), None
+    l, info = torch.linalg.cholesky_ex(a)
+    return l, info != 0
 
 
 def dcca_loss(h1: torch.Tensor, h2: torch.Tensor, k: int, reg: float = 1e-3) -> torch.Tensor:
@@ -95,7 +112,7 @@ def _topk_soft_positives(teacher_sim: torch.Tensor, k: int, temperature: float,
     if not pair_positive:
         pick = teacher_sim.clone().fill_diagonal_(float("-inf")).topk(k, dim=1).indices
         return pick, (teacher_sim.gather(1, pick) / temperature).softmax(dim=1)
-    own = torch.arange(teacher_sim.shape[0]).unsqueeze(1)
+    own = torch.arange(teacher_sim.shape[0], device=teacher_sim.device).unsqueeze(1)
     if k == 1:
         pick = own
     else:
@@ -141,7 +158,7 @@ def soft_infonce(student_a: torch.Tensor, student_v: torch.Tensor, teacher_a: to
     denominator (its logit is -inf), as the official code's loss does."""
     logits = cosine_sim(student_a, student_v) / temperature
     if not pair_positive:
-        logits = logits.masked_fill(torch.eye(logits.shape[0], dtype=torch.bool), float("-inf"))
+        logits = logits.masked_fill(torch.eye(logits.shape[0], dtype=torch.bool, device=logits.device), float("-inf"))
     with torch.no_grad():
         t_sim = teacher_affinity(teacher_a, teacher_v, affinity)
         pick_a2v, w_a2v = _topk_soft_positives(t_sim, k, temperature, pair_positive)
@@ -168,16 +185,18 @@ def distill_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
 
 
 def weighted_total(losses: dict[str, torch.Tensor], log_vars: dict[str, torch.Tensor] | None,
-                   fixed: dict[str, float]) -> tuple[torch.Tensor, dict[str, float]]:
+                   fixed: dict[str, float]) -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]:
     """Combine loss terms. Learned (Kendall et al. 2018, homoscedastic uncertainty): sum of
-    exp(-s_i) L_i + s_i with s_i learned; else sum of fixed w_i L_i. Returns (total, weights)."""
-    total = torch.zeros(())
-    weights = {}
+    exp(-s_i) L_i + s_i with s_i learned; else sum of fixed w_i L_i. Returns (total, weights);
+    a learned weight is a detached 0-d tensor on the losses' device (reading it on the host every
+    step would stall an accelerator), a fixed one the float it was given."""
+    total = torch.zeros((), device=next(iter(losses.values())).device if losses else None)
+    weights: dict[str, torch.Tensor | float] = {}
     for name, value in losses.items():
         if log_vars is not None:
             s = log_vars[name]
             total = total + torch.exp(-s) * value + s
-            weights[name] = float(torch.exp(-s.detach()))
+            weights[name] = torch.exp(-s.detach())
         else:
             total = total + fixed[name] * value
             weights[name] = fixed[name]

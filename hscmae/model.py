@@ -86,7 +86,8 @@ class HSCMAE(nn.Module):
         """Replace a random `ratio` of each vector's entries; returns (masked x, float mask: 1.0 where
         replaced). The mask is float, not bool: multiplying by a bool tensor converts it to float
         first, once per use, which was ~1.5% of a batch-256 step."""
-        hidden = torch.rand(x.shape, generator=gen).lt_(ratio)  # in place: 1.0 / 0.0
+        # drawn where x lives, from `gen` on that device (no host-to-device copy per step)
+        hidden = torch.rand(x.shape, generator=gen, device=x.device).lt_(ratio)  # in place: 1.0 / 0.0
         if not self.mask_tokens[m].requires_grad:  # the fixed zero value: x - x*h is exact and cheaper than where
             return torch.addcmul(x, x, hidden, value=-1.0), hidden
         return torch.where(hidden.bool(), self.mask_tokens[m], x), hidden

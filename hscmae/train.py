@@ -21,9 +21,10 @@ import torch
 
 from hscmae import losses as L
 from hscmae import schedule as S
-from hscmae.config import Config, ConfigError, load_config, save_config
+from hscmae.config import RUNTIME_KEYS, Config, ConfigError, load_config, save_config
 from hscmae.data import Dataset, DataError, load_data_for
 from hscmae.cca import CCA_REGS
+from hscmae.device import resolve_device, setup_device
 from hscmae.evaluate import SWEEP_CCA_REG, embed_all, protocol_scores
 from hscmae.history import HISTORY, append_history, truncate_history, write_fig_training
 from hscmae.io import atomic_write, atomic_write_json
@@ -55,8 +56,20 @@ def save_checkpoint(path: str, state: dict) -> None:
     atomic_write(path, lambda f: torch.save(state, f))
 
 
-def load_checkpoint(path: str) -> dict:
-    """Load with weights_only=True: a checkpoint is data, never code to run."""
+def _to_cpu(obj):
+    """Tensors of a (nested) state dict moved to the CPU: checkpoints are device-neutral."""
+    if torch.is_tensor(obj):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
+
+
+def load_checkpoint(path: str, map_location: str | torch.device = "cpu") -> dict:
+    """Load with weights_only=True: a checkpoint is data, never code to run. Tensors land on
+    `map_location` whatever device wrote them."""
     if not os.path.exists(path):
         raise CheckpointError(f"{path}: checkpoint not found")
     try:
@@ -66,7 +79,7 @@ def load_checkpoint(path: str) -> dict:
             bad = z.testzip()
         if bad is not None:
             raise CheckpointError(f"{path}: corrupt checkpoint ({bad} fails its CRC-32 check)")
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location=map_location, weights_only=True)
     except CheckpointError:
         raise
     except Exception as e:  # truncated zip, bad pickle opcode, a class weights_only refuses ...
@@ -85,8 +98,11 @@ def saved_config(state: dict) -> dict:
 
 
 def config_diff(state: dict, cfg: Config, keys=None) -> list[str]:
+    """The keys (default: all but the runtime-only ones, RUNTIME_KEYS: a checkpoint written on a
+    GPU resumes on a CPU and back) whose saved value differs from cfg's."""
     saved = saved_config(state)
-    return sorted(k for k in (keys or cfg.to_dict()) if saved.get(k) != getattr(cfg, k))
+    keys = keys or [k for k in cfg.to_dict() if k not in RUNTIME_KEYS]
+    return sorted(k for k in keys if saved.get(k) != getattr(cfg, k))
 
 
 def _param_groups(model: HSCMAE, log_vars: dict, weight_decay: float):
@@ -98,9 +114,11 @@ def _param_groups(model: HSCMAE, log_vars: dict, weight_decay: float):
 
 
 def train_step(model: HSCMAE, cfg: Config, xa: torch.Tensor, xv: torch.Tensor, gen: torch.Generator,
-               log_vars: dict | None, epoch: int | None = None) -> tuple[torch.Tensor, dict[str, float]]:
-    """Forward pass of one batch; returns (total loss, {loss_<term>, w_<term>: float}). `epoch`
-    (1-based) places the step in the schedules (warm-up); None: the last epoch, past any warm-up."""
+               log_vars: dict | None, epoch: int | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]:
+    """Forward pass of one batch; returns (total loss, {loss_<term>, w_<term>}). `epoch`
+    (1-based) places the step in the schedules (warm-up); None: the last epoch, past any warm-up.
+    The stats are detached 0-d tensors on the batch's device (fixed weights: floats), not Python
+    floats: each read would be a host-device synchronisation (fit sums them on the device)."""
     terms = active_terms(cfg)
     epoch = cfg.epochs if epoch is None else epoch
     ma, hid_a = model.mask(xa, "a", cfg.mask_ratio, gen)
@@ -131,17 +149,21 @@ def train_step(model: HSCMAE, cfg: Config, xa: torch.Tensor, xv: torch.Tensor, g
     # so AdamW leaves them at 0, until it switches on)
     learned = None if S.in_warmup(cfg, epoch) else log_vars
     total, weights = L.weighted_total(parts, learned, S.fixed_weights(cfg, terms, epoch))
-    stats = {f"loss_{k}": float(v.detach()) for k, v in parts.items()}
+    stats: dict[str, torch.Tensor | float] = {f"loss_{k}": v.detach() for k, v in parts.items()}
     stats.update({f"w_{k}": w for k, w in weights.items()})
     return total, stats
 
 
-def build_training(cfg: Config, data: Dataset):
-    """(model, log_vars, optimiser, generator) of a fresh run, seeded by cfg.seed."""
-    torch.manual_seed(cfg.seed)  # parameter init
-    gen = torch.Generator().manual_seed(cfg.seed)  # every other random draw: order, masks
-    model = build_model(cfg, data)
-    log_vars = {t: torch.zeros((), requires_grad=True) for t in active_terms(cfg)} if cfg.learned_weights else None
+def build_training(cfg: Config, data: Dataset, device: str | torch.device = "cpu"):
+    """(model, log_vars, optimiser, generator) of a fresh run on `device`, seeded by cfg.seed."""
+    device = torch.device(device)
+    torch.manual_seed(cfg.seed)  # parameter init, on the CPU: the same initial weights on every device
+    # every other random draw (order, masks) comes from a generator on the device, so no draw is a
+    # host-to-device copy; a CUDA generator's stream differs from the CPU's (seed noise, not bits)
+    gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    model = build_model(cfg, data).to(device)
+    log_vars = ({t: torch.zeros((), device=device, requires_grad=True) for t in active_terms(cfg)}
+                if cfg.learned_weights else None)
     # fused: one kernel per step for all parameters (the unfused update was ~20% of a CPU step)
     opt = torch.optim.AdamW(_param_groups(model, log_vars or {}, cfg.weight_decay), lr=cfg.lr, fused=True)
     return model, log_vars, opt, gen
@@ -149,29 +171,77 @@ def build_training(cfg: Config, data: Dataset):
 
 def optimizer_step(model: HSCMAE, cfg: Config, opt: torch.optim.Optimizer, log_vars: dict | None,
                    xa: torch.Tensor, xv: torch.Tensor, gen: torch.Generator, where: str = "",
-                   epoch: int | None = None) -> dict[str, float]:
+                   epoch: int | None = None, forward: Callable | None = None) -> dict[str, torch.Tensor | float]:
     """One training step on a batch: forward, finiteness check, backward, gradient clipping (if
     grad_clip), AdamW, EMA teacher update. Returns the step's stats (loss terms, weights, total
-    "loss"). `where` names the step in errors; `epoch` (1-based; None = the last) places it in the
-    warm-up and EMA schedules. (bench/bench_train.py times exactly this function.)"""
+    "loss"; device tensors, see train_step). `where` names the step in errors; `epoch` (1-based;
+    None = the last) places it in the warm-up and EMA schedules; `forward` is train_step (default)
+    or its compiled form (make_forward). (bench/bench_train.py times exactly this function.)"""
     epoch = cfg.epochs if epoch is None else epoch
     try:
-        total, stats = train_step(model, cfg, xa, xv, gen, log_vars, epoch)
+        total, stats = (forward or train_step)(model, cfg, xa, xv, gen, log_vars, epoch)
     except torch.linalg.LinAlgError as e:  # NaN/Inf weights reach DCCA's Cholesky first
         raise TrainingDiverged(f"DCCA's Cholesky failed at {where}: the embeddings are NaN/Inf or their "
                                f"covariance is singular ({str(e).splitlines()[0][:160]})") from None
+    # the step's one host read: a NaN/Inf is caught at the step it appears, before it reaches the weights
     loss = float(total.detach())
     if not math.isfinite(loss):
         raise TrainingDiverged(f"loss is {loss} at {where} "
-                               f"({', '.join(f'{k}={v:.4g}' for k, v in stats.items())})")
+                               f"({', '.join(f'{k}={float(v):.4g}' for k, v in stats.items())})")
     opt.zero_grad(set_to_none=True)
     total.backward()
     if cfg.grad_clip > 0:  # the networks' gradient norm, as the official clip_grad_norm_(model.parameters())
         torch.nn.utils.clip_grad_norm_(model.student_parameters(), cfg.grad_clip)
     opt.step()
     model.update_teacher(S.ema_momentum_at(cfg, epoch))
-    stats["loss"] = loss
+    stats["loss"] = total.detach()
     return stats
+
+
+class EpochSums:
+    """An epoch's per-step stats summed on the device and read on the host once, at its end.
+    float64 sums of the float32 values: the same numbers as summing them as Python floats. Which
+    stats are tensors is fixed within an epoch (warm-up, with its fixed float weights, is per epoch)."""
+
+    def __init__(self):
+        self.keys: list[str] = []  # every stat, in the steps' order
+        self.tensor_keys: list[str] = []
+        self.on_device: torch.Tensor | None = None  # one stacked add per step, not one per stat
+        self.on_host: dict[str, float] = {}  # fixed weights: plain floats
+        self.n = 0
+
+    def add(self, stats: dict[str, torch.Tensor | float]) -> None:
+        if self.on_device is None:
+            self.keys = list(stats)
+            self.tensor_keys = [k for k in self.keys if torch.is_tensor(stats[k])]
+        vec = torch.stack([stats[k] for k in self.tensor_keys]).double()
+        if self.on_device is None:
+            self.on_device = vec
+        else:
+            self.on_device += vec
+        for k in self.keys:
+            if k not in self.tensor_keys:
+                self.on_host[k] = self.on_host.get(k, 0.0) + stats[k]
+        self.n += 1
+
+    def means(self) -> dict[str, float]:
+        if self.on_device is None:
+            return {}
+        sums = {**dict(zip(self.tensor_keys, self.on_device.tolist())), **self.on_host}
+        return {k: sums[k] / self.n for k in self.keys}
+
+
+def make_forward(cfg: Config, device: torch.device) -> Callable:
+    """train_step, or with cfg.compile its torch.compile'd form. On CUDA "reduce-overhead" mode
+    captures CUDA graphs (a batch-64 step is ~1,450 small kernels, bound by their launches); on the
+    CPU the default mode (inductor's C++ kernels). Off by default: see README (Devices)."""
+    if not cfg.compile:
+        return train_step
+    # each run compiles its own step: dynamo guards on the model objects, so the trials a reused
+    # Ray worker runs one after another would pile up recompiles until its cache limit (8), after
+    # which the step silently runs eager
+    torch._dynamo.reset()
+    return torch.compile(train_step, mode="reduce-overhead" if device.type == "cuda" else None)
 
 
 def fit(cfg: Config, data: Dataset, *, on_epoch: Callable | None = None, resume_from: str | None = None,
@@ -187,14 +257,16 @@ def fit(cfg: Config, data: Dataset, *, on_epoch: Callable | None = None, resume_
     the epoch after it and ends bit-identical to an uninterrupted run. Every val_map chooses the
     test-time CCA's dimension on validation; grid_epochs (a search's ASHA rungs) and the last epoch
     also choose its ridge, as the final evaluation does (hscmae.evaluate's docstring)."""
-    train_idx = torch.from_numpy(data.splits["train"])
-    cfg.validate(n_train=len(train_idx))
+    n_train = len(data.splits["train"])
+    cfg.validate(n_train=n_train)
+    device = resolve_device(cfg)  # "auto" is resolved here, in the process that trains
+    setup_device(cfg, device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    model, log_vars, opt, gen = build_training(cfg, data)
+    model, log_vars, opt, gen = build_training(cfg, data, device)
     start_epoch = 0
     if resume_from:
-        state = load_checkpoint(resume_from)
+        state = load_checkpoint(resume_from, map_location=device)
         diff = config_diff(state, cfg)
         if diff:
             raise CheckpointError(f"{resume_from}: saved with a different config (keys {diff})")
@@ -202,39 +274,50 @@ def fit(cfg: Config, data: Dataset, *, on_epoch: Callable | None = None, resume_
         opt.load_state_dict(state["optimizer"])
         for k, v in (log_vars or {}).items():
             v.data.copy_(state["log_vars"][k])
-        gen.set_state(state["generator"])
         start_epoch = state["epoch"]
+        saved_on = state.get("generator_device", "cpu")  # checkpoints before this key: CPU runs
+        if saved_on == device.type:
+            gen.set_state(state["generator"].cpu())
+        else:
+            # a CPU generator's state (Mersenne Twister) means nothing to a CUDA one (Philox) and
+            # back: the rest of the run draws a fresh, seeded stream (seed noise, not the same bits)
+            gen.manual_seed(cfg.seed * 1_000_003 + start_epoch)
+            if log:
+                log(f"resuming a {saved_on} checkpoint on {device}: weights and optimiser state carried over; "
+                    f"data order and masks reseeded from seed {cfg.seed} and epoch {start_epoch}")
 
     def checkpoint_state(epoch: int) -> dict:
-        return {"model": model.state_dict(), "optimizer": opt.state_dict(),
-                "log_vars": {k: v.detach().clone() for k, v in (log_vars or {}).items()},
-                "epoch": epoch, "generator": gen.get_state(), "config": cfg.to_dict()}
+        return {"model": _to_cpu(model.state_dict()), "optimizer": _to_cpu(opt.state_dict()),
+                "log_vars": {k: v.detach().cpu().clone() for k, v in (log_vars or {}).items()},
+                "epoch": epoch, "generator": gen.get_state(), "generator_device": device.type,
+                "config": cfg.to_dict()}
 
+    forward = make_forward(cfg, device)
     # Preloaded tensors indexed by a permutation: no DataLoader, no per-sample Python; index_select
-    # gathers a batch's rows ~3x faster than advanced indexing (x[idx]).
-    audio, visual = torch.from_numpy(data.audio), torch.from_numpy(data.visual)
+    # gathers a batch's rows ~3x faster than advanced indexing (x[idx]). Moved to the device once
+    # per run (a no-op on the CPU); every batch is gathered there.
+    audio, visual = torch.from_numpy(data.audio).to(device), torch.from_numpy(data.visual).to(device)
+    train_idx = torch.from_numpy(data.splits["train"]).to(device)
     b = cfg.batch_size
-    n_batches = len(train_idx) // b  # drop the ragged last batch: DCCA needs batch > cca_dim
+    n_batches = n_train // b  # drop the ragged last batch: DCCA needs batch > cca_dim
     metrics: dict = {}
     for epoch in range(start_epoch + 1, cfg.epochs + 1):
         t0 = time.perf_counter()
-        sums: dict[str, float] = {}
+        sums = EpochSums()
         for g in opt.param_groups:  # the schedule is a function of the epoch: nothing to checkpoint
             g["lr"] = S.lr_at(cfg, epoch)
-        order = train_idx[torch.randperm(len(train_idx), generator=gen)]
+        order = train_idx[torch.randperm(n_train, generator=gen, device=device)]
         for i in range(n_batches):
             idx = order[i * b:(i + 1) * b]
-            stats = optimizer_step(model, cfg, opt, log_vars, audio.index_select(0, idx),
-                                   visual.index_select(0, idx), gen, where=f"epoch {epoch}, step {i + 1}",
-                                   epoch=epoch)
-            for k, v in stats.items():
-                sums[k] = sums.get(k, 0.0) + v
-        za, zv = embed_all(model, data, cfg.eval_encoder)
+            sums.add(optimizer_step(model, cfg, opt, log_vars, audio.index_select(0, idx),
+                                    visual.index_select(0, idx), gen, where=f"epoch {epoch}, step {i + 1}",
+                                    epoch=epoch, forward=forward))
+        za, zv = embed_all(model, data, cfg.eval_encoder, tensors=(audio, visual))
         # the last epoch's report carries the test scores too: a scheduler may stop the trial
         # right at that report, so nothing after it is guaranteed to be seen
         splits = ("val", "test") if epoch == cfg.epochs else ("val",)
         regs = CCA_REGS if epoch == cfg.epochs or epoch in grid_epochs else (SWEEP_CCA_REG,)
-        metrics = {"epoch": epoch, **{k: v / n_batches for k, v in sums.items()},
+        metrics = {"epoch": epoch, **sums.means(),
                    **protocol_scores(za, zv, data, cfg, splits, regs), "epoch_time_s": time.perf_counter() - t0}
         if log:
             log(f"epoch {epoch:3d}/{cfg.epochs}  loss {metrics['loss']:.4f}  val_map {metrics['val_map']:.4f} "
@@ -248,7 +331,7 @@ def fit(cfg: Config, data: Dataset, *, on_epoch: Callable | None = None, resume_
         if on_epoch is not None and on_epoch(dict(metrics), save):
             break
     if "test_map" not in metrics:  # stopped early, or resumed with no epoch left to train
-        za, zv = embed_all(model, data, cfg.eval_encoder)
+        za, zv = embed_all(model, data, cfg.eval_encoder, tensors=(audio, visual))
         metrics = {**metrics, "epoch": metrics.get("epoch", start_epoch),
                    **protocol_scores(za, zv, data, cfg, splits=("val", "test"))}
     return metrics
@@ -266,6 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         cfg = load_config(args.config, list(args.set) + ([f"data={args.data}"] if args.data else []))
+        resolve_device(cfg)  # device: cuda on a machine without it is refused before loading data
         data = load_data_for(cfg)
         cfg.validate(n_train=len(data.splits["train"]))
         ckpt = os.path.join(args.out, "checkpoint.pt")

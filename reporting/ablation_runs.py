@@ -15,7 +15,7 @@ from reporting.writing import _write
 
 
 def run_ablation(exp: Experiment, out: str, best: pd.Series | None, seeds: int, epochs: int | None,
-                 address: str | None, num_cpus: int | None, log=print) -> list[str]:
+                 address: str | None, num_cpus: int | None, log=print, gpus_per_task: float = 0.0) -> list[str]:
     from hscmae.data import load_data_for
 
     if best is None:
@@ -35,12 +35,19 @@ def run_ablation(exp: Experiment, out: str, best: pd.Series | None, seeds: int, 
 
     import ray
 
-    from harness.ray_setup import init_ray
+    from harness import UsageError
+    from harness.ray_setup import gpu_slots, init_ray
 
     init_ray(address, num_cpus)
     try:
         data_ref = ray.put(data)  # once: every task reads the same object
-        task = ray.remote(num_cpus=1)(ablation.train_one)
+        if gpus_per_task:  # a cluster without GPUs would queue the tasks forever
+            try:
+                gpu_slots(gpus_per_task, 1, "--gpus-per-task")
+            except UsageError as e:
+                raise ReportError(str(e)) from None
+        # a task with a GPU share sees it through CUDA_VISIBLE_DEVICES, so device "auto" trains on it
+        task = ray.remote(num_cpus=1, num_gpus=gpus_per_task)(ablation.train_one)
         todo = {task.remote(r.config.to_dict(), data_ref): i for i, r in enumerate(runs) if r.config is not None}
         results: list[dict] = [{"error": r.changes} if r.config is None else {} for r in runs]
         pending, t0 = list(todo), time.time()
