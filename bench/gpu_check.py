@@ -93,11 +93,12 @@ def checkpoint_check(path: str, source: str) -> str:
         T.fit(cfg, data, on_epoch=stop, log=None)
         cpu = load_config(path, {"data": source, "epochs": 2, "device": "cpu"})
         val = evaluate_checkpoint(cpu, data, ckpt)["val_map"]
+        val_gpu = evaluate_checkpoint(cfg, data, ckpt)["val_map"]
         out = T.fit(cpu, data, resume_from=ckpt, log=None)
-    diff = abs(val - seen[0]["val_map"])
+    diff = abs(val - val_gpu)
     ok = diff < 2e-3 and out["epoch"] == 2
     return (f"{'OK' if ok else 'FAILED'}: a CUDA checkpoint (epoch 1, {source}) scores val mAP {val:.4f} on the CPU "
-            f"against {seen[0]['val_map']:.4f} on CUDA (|diff| {diff:.1e}); resumed on the CPU to epoch "
+            f"against {val_gpu:.4f} on CUDA (|diff| {diff:.1e}); resumed on the CPU to epoch "
             f"{out['epoch']} (test mAP {out['test_map']:.4f})")
 
 

@@ -16,6 +16,7 @@ import tune_main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "1", "RAY_AUTH_MODE": "token", "PYTHONUNBUFFERED": "1",
+       "RAY_DEDUP_LOGS": "0",  # every trial's fallback line, not one "[repeated 4x]"
        "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
 # a driver that starts Ray with logical GPUs (Ray sets CUDA_VISIBLE_DEVICES for them; there is no
 # device behind them), then runs the command line, which keeps the Ray it finds
@@ -56,7 +57,7 @@ def test_half_gpu_per_trial_runs_four_trials_at_once_on_two_logical_gpus(tmp_pat
     ends = [rows[-1]["timestamp"] for rows in results.values()]
     assert max(starts) < min(ends), (starts, ends)
     # the fallback is said, by each trial (its worker log) and by the driver
-    assert out.count("but torch") >= 4 and "training on the CPU" in out, out[-4000:]
+    assert out.count("training on the CPU") >= 4, out[-4000:]
     assert out.count("trains on the CPU: torch sees no CUDA device") == 4, out[-4000:]
 
 
