@@ -26,7 +26,7 @@ import torch  # noqa: E402
 from bench.common import command_line, machine_info, md_table, parser, publish  # noqa: E402
 from hscmae import train as T  # noqa: E402
 from hscmae.config import load_config  # noqa: E402
-from hscmae.data import load_data  # noqa: E402
+from hscmae.data import load_data_for  # noqa: E402
 from hscmae.evaluate import evaluate_checkpoint  # noqa: E402
 
 SECTION = "gpu_check"
@@ -68,8 +68,9 @@ def step_ms(cfg, data, device: torch.device, steps: int) -> float:
     return 1e3 * statistics.median(times)
 
 
-def train_row(name: str, path: str, data, source: str, device: torch.device, epochs: int, steps: int) -> dict:
+def train_row(name: str, path: str, source: str, device: torch.device, epochs: int, steps: int) -> dict:
     cfg = load_config(path, {"data": source, "epochs": epochs, "device": str(device)})
+    data = load_data_for(cfg)  # the config's own pooling and scaling (official: minmax)
     cfg.validate(n_train=len(data.splits["train"]))
     ms = step_ms(cfg, data, device, steps)
     seen: list[dict] = []
@@ -81,8 +82,8 @@ def train_row(name: str, path: str, data, source: str, device: torch.device, epo
 
 def checkpoint_check(path: str, source: str) -> str:
     """A checkpoint written by a CUDA run, evaluated and resumed on the CPU."""
-    data = load_data(source)
     cfg = load_config(path, {"data": source, "epochs": 2, "device": "cuda"})
+    data = load_data_for(cfg)
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as d:
         ckpt, seen = os.path.join(d, "gpu.pt"), []
 
@@ -114,7 +115,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
     source = "synthetic:vegas,n=3000" if args.quick else "synthetic:vegas"
     epochs = 1 if args.quick else args.epochs
     steps = 10 if args.quick else 50
-    data = load_data(source)
     devices = ([torch.device("cuda")] if cuda else []) + [torch.device("cpu")]
     rows, notes = [], []
     for name, path in CONFIGS.items():
@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             if time.time() - t_start > BUDGET_S:
                 rows.append({"config": name, "device": str(dev), "note": "skipped: past the 7-minute budget"})
                 continue
-            rows.append(train_row(name, path, data, source, dev, epochs, steps))
+            rows.append(train_row(name, path, source, dev, epochs, steps))
             print(f"[gpu_check] {name} on {dev}: {rows[-1]['ms/step']:.2f} ms/step, test mAP "
                   f"{rows[-1]['test mAP']:.4f} ({time.time() - t_start:.0f}s)", flush=True)
     if cuda:
