@@ -24,7 +24,7 @@ import yaml
 
 from hscmae.config import Config, ConfigError, load_config
 from hscmae.data import DataError, load_data_for
-from harness import METRIC, MODE, UsageError, asha_rungs
+from harness import METRIC, MODE, UsageError, asha_rungs, study
 from harness.callbacks import make_progress_callback
 from harness.ray_setup import check_gpus_per_trial, gpu_slots, init_ray
 from harness.storage import check_storage, experiment_path, read_text, versions, write_metadata
@@ -62,6 +62,7 @@ def parse_args(argv):
     p.add_argument("--max-epochs", type=int, default=None, help="epochs per trial (ASHA max_t)")
     p.add_argument("--checkpoint-every", type=int, default=None, help="epochs between trial checkpoints")
     p.add_argument("--max-failures", type=int, default=1, help="retries of a failed trial before it is errored")
+    study.add_arguments(p)  # --optuna-storage, --no-warm-start, --mlflow
     args = p.parse_args(argv)
     for flag in ("num_samples", "max_concurrent", "cpus_per_trial", "grace_period", "max_epochs",
                  "checkpoint_every"):
@@ -123,8 +124,6 @@ def main(argv: list[str] | None = None) -> int:
     import optuna
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
-    from ray.tune.search import ConcurrencyLimiter
-    from ray.tune.search.optuna import OptunaSearch
 
     space, exp = run["space"], run["exp"]
     local = "://" not in exp
@@ -138,10 +137,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {exp} was run on different data (fingerprint in data.json differs); "
                   "use another --name", file=sys.stderr)
             return 2
-    cpus, gpus = args.cpus_per_trial, args.gpus_per_trial
     max_epochs = run["probe"].epochs
     grace = min(args.grace_period or space.grace_period, max_epochs)
     rf = args.reduction_factor or space.reduction_factor
+    try:  # the Optuna study, warm start, MLflow; on resume, the flags it cannot honour
+        plan = study.plan(args, space, run["base"], run["name"], exp, exists, run["num_samples"],
+                          run["max_concurrent"], max_epochs, grace, rf)
+    except (UsageError, ConfigError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    cpus, gpus = args.cpus_per_trial, args.gpus_per_trial
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, data=run["data"], base=run["base"], fixed=space.fixed,
                              checkpoint_every=args.checkpoint_every or space.checkpoint_every, cpus=cpus,
@@ -163,6 +168,12 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     if exists:
         print(f"[hscmae] resuming {exp}", flush=True)
+        if not plan.get("legacy"):
+            study.bind_resume(exp, plan["num_samples"])
+            if plan["extend_from"]:
+                print(f"[hscmae] extending the search from {plan['extend_from']} to {plan['num_samples']} trials",
+                      flush=True)
+                study.record(exp, plan)
         tuner = tune.Tuner.restore(exp, trainable=trainable, resume_unfinished=True, resume_errored=True)
     else:
         write_metadata(exp, {
@@ -176,13 +187,14 @@ def main(argv: list[str] | None = None) -> int:
                                      "n_clips": len(run["data"]), "fingerprint": run["data"].fingerprint(),
                                      "temporal_pool": run["probe"].temporal_pool, "normalize": run["probe"].normalize,
                                      "provenance": run["data"].meta}, indent=2) + "\n"})
-        searcher = OptunaSearch(space=space.sample, metric=METRIC, mode=MODE,
-                                sampler=optuna.samplers.TPESampler(seed=args.seed))
+        study.record(exp, plan)
+        search_alg, study_callbacks = study.make_search_alg(plan, space, exp,
+                                                            optuna.samplers.TPESampler(seed=args.seed))
         scheduler = ASHAScheduler(time_attr="epoch", max_t=max_epochs, grace_period=grace, reduction_factor=rf)
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(metric=METRIC, mode=MODE, num_samples=run["num_samples"],
-                                        search_alg=ConcurrencyLimiter(searcher, run["max_concurrent"]),
+                                        search_alg=search_alg,
                                         scheduler=scheduler,
                                         # a finished trial's worker runs the next one: no fresh
                                         # process importing torch per trial (bench_harness: 7.7%)
@@ -191,7 +203,10 @@ def main(argv: list[str] | None = None) -> int:
                 name=run["name"], storage_path=exp.rsplit("/", 1)[0] if not local else os.path.dirname(exp),
                 failure_config=tune.FailureConfig(max_failures=args.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-                callbacks=[make_progress_callback(run["num_samples"], max_epochs)], verbose=1))
+                callbacks=[make_progress_callback(run["num_samples"], max_epochs), *study_callbacks], verbose=1))
+    if study.dashboard_command(plan, exp):
+        print(f"[hscmae] Optuna study {run['name']!r}; watch it with: {study.dashboard_command(plan, exp)}",
+              flush=True)
     results = tuner.fit()
     print_summary(results, exp, max_epochs, time.time() - t0)
     return 0

@@ -7,7 +7,8 @@
 - the driver SIGKILLed twice (during the first trials; as a checkpoint directory appears) with a
   trial's checkpoints corrupted in between, resumed each time: exactly --num-samples trials,
   finished results unchanged, unfinished trials continue from their checkpoints, the corrupted one
-  errors naming its checkpoint and never retrains;
+  errors naming its checkpoint and never retrains; the stored Optuna study then holds exactly
+  those trials, none twice, none RUNNING;
 - a worker node of a two-node cluster lost mid-search: the search finishes on the head node.
 
 Every process a test starts is found by session id / GCS port and killed by pid (_procs.py);
@@ -409,6 +410,28 @@ def test_driver_killed_twice_and_a_corrupt_checkpoint_then_resume(tmp_path, ray_
         if t != victim:
             last, ref = results(exp)[t][-1], uninterrupted_scores(exp, t)
             assert (last["val_map"], last["test_map"]) == (ref["val_map"], ref["test_map"]), (t, last, ref)
+    # the stored Optuna study (the journal in the folder, read back by a fresh Optuna): exactly the
+    # n trials, none twice, none left RUNNING; the corrupted trial FAIL, the others COMPLETE with
+    # the val_map of every epoch they reported (an epoch reported twice after a kill: same value)
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    st = optuna.load_study(study_name="k", storage=JournalStorage(JournalFileBackend(
+        os.path.join(exp, "optuna-study.journal"))))
+    assert len(st.trials) == n, [(t.number, t.state.name, t.user_attrs) for t in st.trials]
+    by_id = {t.user_attrs["tune_trial_id"]: t for t in st.trials}
+    assert set(by_id) == set(final)
+    for t, ot in by_id.items():
+        assert ot.user_attrs["tune_trial_folder"] == os.path.basename(trial_dirs(exp)[t])
+        if t == victim:
+            assert ot.state.name == "FAIL", ot
+            continue
+        per_epoch = {}
+        for r in results(exp)[t]:
+            assert per_epoch.setdefault(r["epoch"], r["val_map"]) == r["val_map"], (t, r["epoch"])
+        assert ot.state.name == "COMPLETE" and ot.value == results(exp)[t][-1]["val_map"], ot
+        assert ot.intermediate_values == per_epoch, (t, ot.intermediate_values, per_epoch)
     print(f"[measured] trials {n}; epochs before kill 1 {eps1}, before kill 2 {eps2}; victim {victim}; "
           f"relaunch to first new epoch {t_resumed - t_kill[1]:.1f}s, "
           f"epochs reported twice {redone}, resume 2 + search to kill {t_kill[2] - t_kill[1]:.0f}s, resume 3 to the end {t_end - t_kill[2]:.0f}s")

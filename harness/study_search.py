@@ -1,0 +1,174 @@
+"""The Tune side of the stored Optuna study (harness/study.py explains the design): the searcher,
+the search generator that lets a restored search grow, and the callback that records trial
+folders. Imported only once the command line has been checked (it imports Ray)."""
+from __future__ import annotations
+
+import os
+import pickle
+
+import optuna
+from optuna.trial import TrialState
+from ray.tune import Callback
+from ray.tune.search import SearchGenerator
+from ray.tune.search.optuna import OptunaSearch
+
+from harness import METRIC, MODE
+from harness.study import _RESUME, _storage_or_error
+
+
+class StudySearch(OptunaSearch):
+    """OptunaSearch whose study lives in an Optuna storage (see the module docstring)."""
+
+    def __init__(self, space, *, exp: str, plan: dict, sampler):
+        self._exp, self._plan = exp, plan
+        self._numbers: dict[str, int] = {}  # Tune trial id -> Optuna trial number
+        self._errored: set[str] = set()  # told FAIL once the search has finished
+        self._orphans: list[int] = []  # Optuna trials the storage holds but Tune lost (a SIGKILL)
+        self._live: dict[int, optuna.Trial] = {}
+        storage = _storage_or_error(self._where(), "Optuna storage") if plan["persistent"] else None
+        point = plan.get("warm_start")
+        super().__init__(space=space, metric=METRIC, mode=MODE, sampler=sampler,
+                         study_name=plan["study_name"], storage=storage,
+                         points_to_evaluate=[point] if point else None)
+        self._storage = self._ot_study._storage  # also when in memory (a remote --storage folder)
+        for k, v in plan["identity"].items():
+            self._ot_study.set_user_attr(k, v)
+
+    def _where(self) -> str | None:
+        if self._plan["storage"]:
+            return self._plan["storage"]
+        if self._plan["journal"]:
+            return os.path.join(_RESUME.get("exp") or self._exp, self._plan["journal"])
+        return None
+
+    # -- pickling: the study stays in the storage; the pickle maps Tune trials to numbers --
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_live"] = {}
+        state["_ot_trials"] = {}
+        if self._plan["persistent"]:
+            state["_ot_study"] = state["_storage"] = None
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+
+    def save(self, checkpoint_path: str):
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump(self.__getstate__(), f)
+
+    def restore(self, checkpoint_path: str):
+        super().restore(checkpoint_path)  # Tune's own state file, unpickled as Tune does (README, Security)
+        self._live = {}
+        if _RESUME.get("num_samples"):
+            self._plan = {**self._plan, "num_samples": _RESUME["num_samples"]}
+        if self._plan["persistent"]:
+            self._ot_study = None
+            self._study()  # reloaded from the storage and reconciled with this pickle
+
+    def _study(self):
+        if self._ot_study is None:
+            self._storage = _storage_or_error(self._where(), "Optuna storage")
+            self._ot_study = optuna.load_study(study_name=self._plan["study_name"], storage=self._storage,
+                                               sampler=self._sampler, pruner=optuna.pruners.NopPruner())
+            self._reconcile()
+        return self._ot_study
+
+    def _reconcile(self):
+        """After a restore: the storage is the truth; the pickle says which Tune trial is which."""
+        trials = self._ot_study.get_trials(deepcopy=False)
+        bound = set(self._numbers.values())
+        self._orphans = [t.number for t in trials if t.number not in bound and t.state != TrialState.WAITING]
+        # errored trials are retried by --resume: record their new outcome (still RUNNING in the study)
+        state = {t.number: t.state for t in trials}
+        retried = {t for t in self._errored if state.get(self._numbers[t]) == TrialState.RUNNING}
+        self._errored -= retried
+        self._completed_trials -= retried
+
+    def _frozen(self, number: int):
+        st = self._study()
+        return self._storage.get_trial(self._storage.get_trial_id_from_study_id_trial_number(
+            st._study_id, number))
+
+    def _trial(self, number: int):
+        if number not in self._live:
+            self._live[number] = optuna.Trial(self._study(), self._frozen(number)._trial_id)
+        return self._live[number]
+
+    def _set_attr(self, number: int, key: str, value) -> None:
+        ft = self._frozen(number)
+        if not ft.state.is_finished():
+            self._storage.set_trial_user_attr(ft._trial_id, key, value)
+
+    def suggest(self, trial_id: str):
+        study = self._study()
+        if trial_id not in self._numbers:
+            number = self._orphans.pop(0) if self._orphans else study.ask().number
+            self._numbers[trial_id] = number
+            self._set_attr(number, "tune_trial_id", trial_id)
+        return self._suggest_from_define_by_run_func(self._space, self._trial(self._numbers[trial_id]))
+
+    def bind_folder(self, trial_id: str, folder: str) -> None:
+        if trial_id in self._numbers:
+            self._set_attr(self._numbers[trial_id], "tune_trial_folder", folder)
+
+    def on_trial_result(self, trial_id: str, result: dict):
+        if trial_id in self._completed_trials or trial_id not in self._numbers:
+            return
+        self._report(self._numbers[trial_id], result)
+
+    def _report(self, number: int, result: dict) -> None:
+        if METRIC not in result:
+            return
+        ft = self._frozen(number)
+        step = int(result.get("epoch", result.get("training_iteration", 0)))
+        # a trial restored from a checkpoint may report an epoch again: same value, keep the first
+        if not ft.state.is_finished() and step not in ft.intermediate_values:
+            self._storage.set_trial_intermediate_value(ft._trial_id, step, float(result[METRIC]))
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
+        if trial_id in self._completed_trials or trial_id not in self._numbers:
+            return
+        self._completed_trials.add(trial_id)
+        number = self._numbers[trial_id]
+        if error:
+            self._errored.add(trial_id)
+        elif not self._frozen(number).state.is_finished():
+            result = result or {}
+            self._report(number, result)  # Tune hands a trial's last result to on_trial_complete only
+            if METRIC in result and result.get("epoch", 0) >= self._plan["max_epochs"]:
+                self._study().tell(number, float(result[METRIC]), state=TrialState.COMPLETE)
+            else:  # stopped early by ASHA: Optuna takes its last intermediate value as its value
+                self._study().tell(number, state=TrialState.PRUNED)
+        self._finish_if_done()
+
+    def _finish_if_done(self):
+        if len(self._completed_trials) < self._plan["num_samples"]:
+            return
+        study = self._study()
+        for t in sorted(self._errored):
+            if not self._frozen(self._numbers[t]).state.is_finished():
+                study.tell(self._numbers[t], state=TrialState.FAIL)
+        for number in self._orphans:  # lost by Tune and not reused: there is no Tune trial for them
+            if not self._frozen(number).state.is_finished():
+                self._set_attr(number, "orphaned", True)
+                study.tell(number, state=TrialState.FAIL)
+        self._orphans = []
+
+class Generator(SearchGenerator):
+    """Tune's SearchGenerator; on restore its sample count is the resumed command's, so a
+    finished search can be extended in place."""
+
+    def set_state(self, state):
+        super().set_state(state)
+        if _RESUME.get("num_samples"):
+            self._total_samples = max(self._total_samples, _RESUME["num_samples"])
+
+class StudyCallback(Callback):
+    """Ties each Optuna trial to its Tune trial folder."""
+
+    def __init__(self, searcher):
+        self.searcher = searcher
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.searcher.bind_folder(trial.trial_id, os.path.basename(trial.path.rstrip("/")))
