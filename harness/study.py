@@ -179,6 +179,8 @@ def _plan_resume(args, space, base, name, exp, max_concurrent, max_epochs, asha:
                       "(a search can be extended, not shrunk)")
     if errors:
         raise UsageError(f"cannot resume {exp} as asked: " + "; ".join(errors))
+    if rec.get("mlflow"):  # Tune restores its MLflow callback: the store must still be usable
+        check_mlflow(rec["mlflow"])
     if rec["persistent"]:
         where = rec["storage"] or os.path.join(exp, rec["journal"])
         if rec["journal"] and not os.path.exists(where):
@@ -266,9 +268,10 @@ def warm_start_point(space, base: dict, log=print) -> dict:
             log(f"[hscmae] warm start: base {name} {value!r} is outside the space; the first trial uses the "
                 f"nearest value it allows, {allowed!r}")
         point[name] = allowed
-    try:
-        derived = space.sample(_Fixed(point)) or {}
-        space.to_config(base, {**point, **derived})
+    try:  # a point with every parameter is checked like the space's corners; a partial one cannot be
+        if point.keys() == space.describe()["params"].keys():
+            derived = space.sample(_Fixed(point)) or {}
+            space.to_config(base, {**point, **derived})
     except (KeyError, ConfigError) as e:
         raise ConfigError(f"warm start: the base config's point {point} is not a valid trial of space "
                           f"'{space.name}' ({e}); pass --no-warm-start") from None
