@@ -7,8 +7,9 @@
 Every check that can fail (flags, config, space, data, storage) runs before Ray starts. The data
 set is loaded once here and shared with all trials through Ray's object store. Each trial reports
 validation metrics every epoch and saves a Tune checkpoint every few epochs, so a restored or
-preempted trial continues from its last checkpoint; Tuner.restore brings back finished trials,
-the trials still to run and the Optuna study, so a resumed search runs exactly --num-samples.
+preempted trial continues from its last checkpoint; Tuner.restore brings back finished trials
+and the trials still to run, and the Optuna study is reloaded from its storage (harness/study.py),
+so a resumed search runs exactly --num-samples; a larger --num-samples extends a finished search.
 """
 from __future__ import annotations
 

@@ -26,10 +26,9 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import tempfile
 
-from harness import METRIC, MODE, UsageError
+from harness import UsageError
 
 JOURNAL = "optuna-study.journal"  # inside the experiment folder
 RECORD = "study.json"  # what this module records beside Tune's files, checked on --resume
@@ -99,8 +98,8 @@ def plan(args, space, base: dict, name: str, exp: str, exists: bool, num_samples
     if exists:
         return _plan_resume(args, space, base, name, exp, max_concurrent, max_epochs,
                             {"grace_period": grace_period, "reduction_factor": reduction_factor})
-    if args.optuna_storage:
-        where, kind = args.optuna_storage, "url"
+    if args.optuna_storage:  # a journal path is made absolute: a resume may run from another folder
+        where, kind = args.optuna_storage if "://" in args.optuna_storage else os.path.abspath(args.optuna_storage), "url"
     elif local:
         where, kind = os.path.join(exp, JOURNAL), "journal"
     else:  # a journal needs a local file: the study stays in Tune's searcher state, as before
@@ -124,7 +123,7 @@ def plan(args, space, base: dict, name: str, exp: str, exists: bool, num_samples
     point = None
     if not args.no_warm_start:
         point = warm_start_point(space, base, log=log)
-    return dict(study_name=name, storage=args.optuna_storage if kind == "url" else None,
+    return dict(study_name=name, storage=where if kind == "url" else None,
                 journal=JOURNAL if kind == "journal" else None, persistent=where is not None,
                 warm_start=point, mlflow=mlflow, num_samples=num_samples, max_concurrent=max_concurrent,
                 seed=args.seed, max_epochs=max_epochs, grace_period=grace_period,
@@ -166,7 +165,9 @@ def _plan_resume(args, space, base, name, exp, max_concurrent, max_epochs, asha:
         if getattr(args, flag) is not None and v != rec.get(flag):
             errors.append(f"--{flag.replace('_', '-')} {getattr(args, flag)}: the experiment's ASHA used "
                           f"{flag.replace('_', ' ')} {rec.get(flag)}")
-    if args.optuna_storage and args.optuna_storage != rec["storage"]:
+    given = args.optuna_storage and (args.optuna_storage if "://" in args.optuna_storage
+                                     else os.path.abspath(args.optuna_storage))
+    if given and given != rec["storage"]:
         errors.append(f"--optuna-storage {args.optuna_storage}: the experiment's study is in "
                       f"{rec['storage'] or rec['journal'] or 'Tune searcher state'}")
     if args.mlflow and args.mlflow != rec.get("mlflow"):

@@ -164,6 +164,14 @@ class Generator(SearchGenerator):
         if _RESUME.get("num_samples"):
             self._total_samples = max(self._total_samples, _RESUME["num_samples"])
 
+    # ConcurrencyLimiter passes on the completion of its live trials only; an errored trial retried
+    # by --resume is not one of them (it left them when it errored), yet its outcome is the study's
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
+        if trial_id in self.searcher.live_trials:
+            super().on_trial_complete(trial_id, result=result, error=error)
+        else:
+            self.searcher.searcher.on_trial_complete(trial_id, result=result, error=error)
+
 class StudyCallback(Callback):
     """Ties each Optuna trial to its Tune trial folder."""
 
