@@ -61,7 +61,8 @@ def device_placement(device) -> dict:
     machine without any) trains on the CPU and says so in its log."""
     import ray
 
-    ids = ",".join(str(i) for i in ray.get_gpu_ids())
+    # outside a Ray worker (a unit test calling run_trial) get_gpu_ids() would start a local Ray
+    ids = ",".join(str(i) for i in ray.get_gpu_ids()) if ray.is_initialized() else ""
     if ids and device.type == "cpu":
         import torch
 

@@ -19,6 +19,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import harness.trainable
 import tune_main
 from hscmae import train as T
 from hscmae.config import config_from_dict
@@ -139,7 +140,7 @@ def _run_trial(monkeypatch, tiny, ckpt_dir):
     fake = _FakeTune(ckpt_dir)
     monkeypatch.setattr(ray.tune, "get_checkpoint", fake.get_checkpoint)
     monkeypatch.setattr(ray.tune, "report", fake.report)
-    monkeypatch.setattr(tune_main, "_node_id", lambda: "n")
+    monkeypatch.setattr(harness.trainable, "_node_id", lambda: "n")
     params = {"mask_ratio": 0.3, "one_minus_ema_momentum": 0.01, "ema_momentum": 0.99, "top_k": 2,
               "temperature": 0.1, "cca_dim": 4}
     base = config_from_dict({}).to_dict()
