@@ -119,6 +119,8 @@ def evaluate_checkpoint(cfg: Config, data: Dataset, checkpoint: str) -> dict[str
     device = resolve_device(cfg)
     state = load_checkpoint(checkpoint, map_location=device)
     diff = config_diff(state, cfg, ARCH_KEYS)
+    if "proj_dim" in diff and not cfg.proj_head and "proj_head" not in diff:
+        diff.remove("proj_dim")  # no head on either side: its width builds nothing
     if diff:
         raise CheckpointError(f"{checkpoint}: saved with a different architecture (keys {diff})")
     model = build_model(cfg, data).to(device)

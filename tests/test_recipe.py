@@ -301,6 +301,7 @@ def test_old_checkpoint_resumes_and_other_architectures_are_refused(tiny, tmp_pa
         T.fit(config_from_dict({**TINY, "enc_layers": 3}), tiny, resume_from=ckpt, log=None)
     with pytest.raises(T.CheckpointError, match=r"different architecture \(keys \['proj_dim', 'proj_head'\]\)"):
         evaluate_checkpoint(config_from_dict({**TINY, "proj_head": True, "proj_dim": 8}), tiny, ckpt)
+    assert evaluate_checkpoint(config_from_dict({**TINY, "proj_dim": 8}), tiny, ckpt)["val_map"] > 0  # no head
 
 
 def test_ablation_has_a_row_per_recipe_component_that_is_on():
