@@ -27,6 +27,7 @@ from hscmae.config import Config, ConfigError, load_config
 from hscmae.data import DataError, load_data_for
 from harness import METRIC, MODE, UsageError, asha_rungs, study
 from harness.callbacks import make_progress_callback
+from harness.interrupt import Interrupted, Interrupts, count_trials, leave_now, saved_trial_states
 from harness.ray_setup import check_gpus_per_trial, gpu_slots, init_ray
 from harness.storage import check_storage, experiment_path, read_text, versions, write_metadata
 from harness.trainable import run_trial
@@ -109,6 +110,18 @@ def prepare(args):
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Ctrl-C / SIGTERM: Tune saves its state, we print where things stand and how to resume, exit
+    # 130 / 143 (harness/interrupt.py)
+    interrupts = Interrupts()
+    interrupts.install()
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        return _main(argv, interrupts)
+    except Interrupted:  # before Tune's loop ran, or a third signal
+        return finish(None, interrupts, argv)
+
+
+def _main(argv: list[str], interrupts: Interrupts) -> int:
     try:
         args = parse_args(argv)
         if args.list_spaces:
@@ -153,7 +166,9 @@ def main(argv: list[str] | None = None) -> int:
                              checkpoint_every=args.checkpoint_every or space.checkpoint_every, cpus=cpus,
                              grid_epochs=asha_rungs(grace, rf, max_epochs)),  # val_map there = final protocol
         {"cpu": cpus, **({"gpu": gpus} if gpus else {})})
+    interrupts.search = dict(exp=exp, num_samples=run["num_samples"], max_epochs=max_epochs)
     init_ray(args.address)
+    interrupts.install()  # ray.init replaced our SIGTERM handler (with one that saves nothing)
     if gpus:
         try:
             slots = gpu_slots(gpus, cpus, "--gpus-per-trial")
@@ -208,37 +223,69 @@ def main(argv: list[str] | None = None) -> int:
     if study.dashboard_command(plan, exp):
         print(f"[hscmae] Optuna study {run['name']!r}; watch it with: {study.dashboard_command(plan, exp)}",
               flush=True)
-    results = tuner.fit()
-    print_summary(results, exp, max_epochs, time.time() - t0)
-    return 0
+    results = interrupts.fit(tuner)  # None if a third signal cut the final save short
+    return finish(results, interrupts, argv, time.time() - t0)
 
 
-def print_summary(results, exp: str, max_epochs: int, seconds: float) -> None:
+def finish(results, interrupts: Interrupts, argv: list[str], seconds: float = 0.0) -> int:
+    """The summary; if a signal stopped the search, the status block, the resume command and 130 / 143."""
+    search = interrupts.search
+    if search is None:  # interrupted before the experiment was even named: nothing ran
+        print(f"\n[hscmae] interrupted ({interrupts.signal_name}) before the search started; nothing was run",
+              flush=True)
+        return interrupts.exit_code
+    exp, n, max_epochs = search["exp"], search["num_samples"], search["max_epochs"]
+    states = saved_trial_states(exp)  # Tune's saved state: what a resume restores
+    if results is not None:
+        print_summary(results, exp, max_epochs, seconds, states)
+    if interrupts.signum is None:
+        return 0
+    if states is not None and count_trials(states, n, max_epochs)["finished"] == n:
+        print(f"[hscmae] ({interrupts.signal_name} arrived as the last trial finished: the search is complete)")
+        return 0
+    interrupts.report(exp, argv, n, max_epochs, states)
+    return interrupts.exit_code
+
+
+def print_summary(results, exp: str, max_epochs: int, seconds: float,
+                  states: dict[str, tuple[str, int]] | None = None) -> None:
+    """states: each trial's Tune status and last epoch (harness.interrupt.saved_trial_states); without
+    it, from the results (errored; ended at its last reported epoch; never reported: not started).
+    Counts come from these states, never from which metrics a result happens to have."""
+    if states is None:
+        epochs = [int((r.metrics or {}).get("epoch") or 0) for r in results]
+        states = {str(i): ("ERROR" if r.error else "TERMINATED" if e else "PENDING", e)
+                  for i, (r, e) in enumerate(zip(results, epochs))}
+    c = count_trials(states, len(states), max_epochs)
     errored = [r for r in results if r.error]
-    ok = [r for r in results if not r.error and r.metrics]
-    early = [r for r in ok if r.metrics.get("epoch", 0) < max_epochs]
+    ok = [r for r in results if not r.error and METRIC in (r.metrics or {})]
+    unfinished = "".join(f", {v} {what}" for v, what in ((c["running"], "interrupted while running"),
+                                                         (c["not_started"], "not started")) if v)
     # seconds is this command's run: after --resume that is only the resumed part of the search
-    print(f"\n[hscmae] {len(results)} trials ({seconds / 60:.1f} min in this run): {len(ok) - len(early)} ran all "
-          f"{max_epochs} epochs, {len(early)} stopped early by ASHA, {len(errored)} errored")
+    print(f"\n[hscmae] {len(states)} trials ({seconds / 60:.1f} min in this run): {c['full']} ran all "
+          f"{max_epochs} epochs, {c['early']} stopped early by ASHA, {c['errored']} errored{unfinished}")
     for r in errored:
         print(f"  errored: {r.path}: {str(r.error).strip().splitlines()[-1][:200]}")
     if not ok:
-        print(f"[hscmae] no trial finished; results in {exp}")
+        print(f"[hscmae] no trial reported {METRIC} yet; results in {exp}")
         return
     # best by validation, among trials that trained all epochs (a stopped trial has no test score)
     full = [r for r in ok if "test_map" in r.metrics] or ok
     best = max(full, key=lambda r: r.metrics[METRIC])
     known = Config.__dataclass_fields__
     print("[hscmae] best config (by val_map):")
-    for k, v in sorted(best.config.items()):
+    for k, v in sorted((best.config or {}).items()):
         if k in known or k.startswith("one_minus"):
             print(f"    {k}: {v}")
     m = best.metrics
     test = f"test_map {m['test_map']:.4f} (a2v {m['test_map_a2v']:.4f}, v2a {m['test_map_v2a']:.4f})" \
-        if "test_map" in m else "no test score (stopped early)"
+        if "test_map" in m else "no test score (did not run all epochs)"
     print(f"[hscmae] best val_map {m[METRIC]:.4f} (a2v {m['val_map_a2v']:.4f}, v2a {m['val_map_v2a']:.4f}); {test}")
     print(f"[hscmae] results in {exp}  (report: python report.py {exp})")
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    if code in (130, 143):
+        leave_now(code)
+    sys.exit(code)

@@ -1,0 +1,244 @@
+"""Interrupting a real search (smoke space, subprocesses, real signals) three times, each time
+resuming with the command the driver printed:
+
+1. Ctrl-C while the first trials are still pending, as a terminal sends it (SIGINT to the driver's
+   process group);
+2. SIGTERM to the driver mid-trial (as `kill`, a job scheduler's stop or Kubernetes sends it);
+3. Ctrl-C mid-trial after a trial finished, and a second Ctrl-C while Tune is saving;
+4. the printed command again, to the end.
+
+Each interrupted run must exit 130 / 143 within a bounded time, with no Python traceback and no
+native "*** SIGTERM received" dump on stderr, and print one status block whose counts match the
+trial states in Tune's saved experiment state (read here independently) and the command that
+resumes; the resumed search ends with exactly --num-samples trials, every finished trial's
+result.json byte-identical. The figures go to RELIABILITY.md (`pytest -s`: `[measured]` lines).
+
+Every process a test starts is found by session id and killed by pid (_procs.py).
+"""
+import glob
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _procs as P  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ENV = {**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "1", "RAY_AUTH_MODE": "token", "PYTHONUNBUFFERED": "1"}
+N, EPOCHS = 3, 4  # trials, epochs per trial: as small as still has a trial finish while another runs
+EXIT_BOUND_S = 90  # signal to exit; ~10 s measured on the loaded 2-core machine, generous for CI
+pytestmark = pytest.mark.slow
+
+BLOCK = re.compile(r"\[hscmae\] interrupted \((SIGINT|SIGTERM)\) after ([\d.]+) min: (\d+) of (\d+) trials "
+                   r"finished \((\d+) stopped early by ASHA, (\d+) errored\), (\d+) were running, (\d+) not "
+                   r"started; nothing is lost\n\[hscmae\] resume with: (.+)\n")
+
+
+@pytest.fixture
+def ray_tmpdir():
+    d = tempfile.mkdtemp(prefix="rs-", dir="/tmp")  # short: unix socket paths are limited to 107 bytes
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def tune_cmd(storage, name):
+    return [sys.executable, os.path.join(ROOT, "tune_main.py"), "--space", "smoke", "--storage", str(storage),
+            "--name", name, "--num-samples", str(N), "--max-concurrent", "2", "--max-epochs", str(EPOCHS),
+            "--checkpoint-every", "1"]
+
+
+class Run:
+    """One driver in its own session (its process group = what a terminal's Ctrl-C reaches)."""
+
+    def __init__(self, cmd, tmp, tag, ray_tmpdir):
+        self.out, self.err = tmp / f"{tag}.out", tmp / f"{tag}.err"
+        self.p = subprocess.Popen(cmd, stdout=open(self.out, "w"), stderr=open(self.err, "w"),
+                                  env={**ENV, "RAY_TMPDIR": ray_tmpdir}, cwd=ROOT, start_new_session=True)
+
+    def wait_for(self, cond, timeout, what):
+        end = time.time() + timeout
+        while time.time() < end:
+            v = cond()
+            if v:
+                return v
+            if self.p.poll() is not None:
+                pytest.fail(f"the search exited (rc {self.p.returncode}) before {what}:\n{self.tail()}")
+            time.sleep(0.05)
+        pytest.fail(f"timed out after {timeout}s waiting for {what}:\n{self.tail()}")
+
+    def wait(self, timeout):
+        try:
+            self.p.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the driver did not exit within {timeout}s:\n{self.tail()}")
+        return self.p.returncode
+
+    def tail(self):
+        return (open(self.out).read()[-2500:] + "\n--- stderr ---\n" + open(self.err).read()[-2500:])
+
+    def cleanup(self):
+        if self.p.poll() is None:
+            os.killpg(self.p.pid, signal.SIGKILL)
+            self.p.wait()
+        P.kill_all(set(P.in_session(self.p.pid)), grace=3)
+
+
+def trial_dirs(exp) -> dict[str, str]:
+    return {os.path.basename(d).split("_")[2]: d for d in glob.glob(os.path.join(exp, "run_trial_*"))}
+
+
+def result_lines(exp) -> dict[str, list[dict]]:
+    out = {}
+    for t, d in trial_dirs(exp).items():
+        f = os.path.join(d, "result.json")
+        lines = open(f).read().split("\n")[:-1] if os.path.exists(f) else []  # a last partial line is skipped
+        out[t] = [json.loads(x) for x in lines if x.strip()]
+    return out
+
+
+def tune_state(exp) -> dict[str, tuple[str, int]] | None:
+    """{trial_id: (status, last epoch)} as Tune saved it (None while unreadable: Tune rewrites it)."""
+    files = sorted(glob.glob(os.path.join(exp, "experiment_state-*.json")))
+    if not files:
+        return None
+    try:
+        state = json.load(open(files[-1]))
+    except (OSError, ValueError):
+        return None
+    out = {}
+    for t, m in state["trial_data"]:
+        t, m = json.loads(t), json.loads(m)
+        out[t["trial_id"]] = (t["status"], (m.get("last_result") or {}).get("epoch", 0))
+    return out
+
+
+def interrupt(run, sigs, target_group):
+    """Send sigs (0.3 s apart) to the driver (or its process group); returns seconds to exit."""
+    t0 = time.time()
+    for i, sig in enumerate(sigs):
+        if i:
+            time.sleep(0.3)
+        if run.p.poll() is None:
+            (os.killpg if target_group else os.kill)(run.p.pid, sig)
+    run.wait(EXIT_BOUND_S)
+    return time.time() - t0
+
+
+def check_interrupted(run, exp, sig, rc, seconds):
+    """Exit code, a clean stderr, one status block whose counts are Tune's saved state; returns the
+    resume command."""
+    out, err = open(run.out).read(), open(run.err).read()
+    name = signal.Signals(sig).name
+    assert rc == {signal.SIGINT: 130, signal.SIGTERM: 143}[sig], run.tail()
+    assert seconds < EXIT_BOUND_S
+    assert "Traceback" not in err and "Traceback" not in out, run.tail()
+    assert "SIGTERM received" not in err and "PC: @" not in err, run.tail()
+    assert "Tuner.restore(" not in err + out, "Tune's Python-API resume line should be replaced by our command"
+    blocks = BLOCK.findall(out)
+    assert len(blocks) == 1, f"expected one status block:\n{run.tail()}"
+    got_sig, _, finished, total, early, errored, running, not_started, command = blocks[0]
+    state = tune_state(exp)
+    assert state is not None, "no readable experiment state after the interruption"
+    statuses = [s for s, _ in state.values()]
+    want_early = sum(s == "TERMINATED" and e < EPOCHS for s, e in state.values())
+    want_finished = statuses.count("TERMINATED") + statuses.count("ERROR")
+    want_running = sum(s in ("RUNNING", "PAUSED") for s in statuses)
+    assert (got_sig, int(total), int(finished), int(early), int(errored), int(running), int(not_started)) == \
+        (name, N, want_finished, want_early, statuses.count("ERROR"), want_running,
+         N - want_finished - want_running), (blocks[0], state)
+    marker = json.load(open(os.path.join(exp, "interrupted.json")))
+    assert marker["signal"] == name and marker["resume"] == command
+    return shlex.split(command), state
+
+
+def check_resumed_to_the_end(run, exp, finished_before: dict[str, str]):
+    rc = run.wait(300)
+    assert rc == 0, run.tail()
+    state = tune_state(exp)
+    assert len(state) == N and len(trial_dirs(exp)) == N, (state, sorted(trial_dirs(exp)))
+    assert all(s == "TERMINATED" for s, _ in state.values()), state
+    for t, text in finished_before.items():
+        assert open(os.path.join(trial_dirs(exp)[t], "result.json")).read() == text, f"trial {t} changed"
+    assert not os.path.exists(os.path.join(exp, "interrupted.json")), "the marker outlived the resume"
+    assert f"[hscmae] {N} trials" in open(run.out).read()
+
+
+def finished_texts(exp, state) -> dict[str, str]:
+    return {t: open(os.path.join(trial_dirs(exp)[t], "result.json")).read()
+            for t, (s, _) in state.items() if s in ("TERMINATED", "ERROR") and t in trial_dirs(exp)}
+
+
+def test_sigint_pending_sigterm_mid_trial_sigint_twice_each_resumed_with_the_printed_command(tmp_path, ray_tmpdir):
+    """One search, interrupted three times (each a fresh driver: four Ray start-ups in all, the
+    slowest part of this test), resumed each time with the command the last run printed."""
+    exp = str(tmp_path / "s")
+    runs = []
+    try:
+        # 1. Ctrl-C (SIGINT to the process group, as a terminal sends it) while Tune has created
+        # trials but none has started: pending trials are "not started", never "stopped early"
+        runs.append(run := Run(tune_cmd(tmp_path, "s"), tmp_path, "r1", ray_tmpdir))
+        run.wait_for(lambda: (st := tune_state(exp)) and all(s == "PENDING" for s, _ in st.values()),
+                     240, "Tune's first saved state, with its trials pending")
+        seconds = interrupt(run, [signal.SIGINT], target_group=True)
+        command, state = check_interrupted(run, exp, signal.SIGINT, run.p.returncode, seconds)
+        assert command[-1] == "--resume" and command[:-1] == tune_cmd(tmp_path, "s")
+        print(f"[measured] SIGINT while pending: rc {run.p.returncode}, exit {seconds:.1f}s after the signal; "
+              f"state {sorted(s for s, _ in state.values())}")
+        run.cleanup()
+
+        # 2. the printed command; SIGTERM to the driver alone (as `kill`, a job scheduler or
+        # Kubernetes sends it) once a trial is mid-way (reported epochs, not done)
+        runs.append(run := Run(command, tmp_path, "r2", ray_tmpdir))
+
+        def mid_trial():
+            return any(lines and not lines[-1].get("done") and lines[-1]["epoch"] < EPOCHS
+                       for lines in result_lines(exp).values())
+        run.wait_for(mid_trial, 240, "a trial mid-way (result.json with epochs, not done)")
+        seconds = interrupt(run, [signal.SIGTERM], target_group=False)
+        command2, state = check_interrupted(run, exp, signal.SIGTERM, run.p.returncode, seconds)
+        assert command2 == command, "the resume command of a resumed search is the same command"
+        print(f"[measured] SIGTERM mid-trial: rc {run.p.returncode}, exit {seconds:.1f}s after the signal; "
+              f"state {sorted(s for s, _ in state.values())}")
+        before = finished_texts(exp, state)
+        run.cleanup()
+
+        # 3. the printed command; once a trial has finished and another is mid-way, Ctrl-C and a
+        # second Ctrl-C 0.3 s later, while Tune saves: the folder must stay resumable
+        runs.append(run := Run(command2, tmp_path, "r3", ray_tmpdir))
+
+        def one_done_one_mid():
+            res = result_lines(exp)
+            done = [t for t, ls in res.items() if ls and (ls[-1].get("done") or ls[-1]["epoch"] == EPOCHS)]
+            return done and [t for t, ls in res.items() if ls and t not in done]
+        run.wait_for(one_done_one_mid, 300, "one trial finished and another mid-way")
+        seconds = interrupt(run, [signal.SIGINT, signal.SIGINT], target_group=True)
+        command3, state = check_interrupted(run, exp, signal.SIGINT, run.p.returncode, seconds)
+        assert command3 == command
+        second = "still saving the search state" in open(run.out).read()
+        print(f"[measured] SIGINT x2 mid-trial: rc {run.p.returncode}, exit {seconds:.1f}s after the first "
+              f"signal (second one {'deferred while saving' if second else 'after fit returned'}); "
+              f"state {sorted(s for s, _ in state.values())}")
+        for t, text in before.items():  # finished before run 3: unchanged by it
+            assert open(os.path.join(trial_dirs(exp)[t], "result.json")).read() == text, f"trial {t} changed"
+        before = finished_texts(exp, state)
+        assert before, state
+        run.cleanup()
+
+        # 4. the printed command again, to the end
+        runs.append(run := Run(command3, tmp_path, "r4", ray_tmpdir))
+        t0 = time.time()
+        check_resumed_to_the_end(run, exp, before)
+        print(f"[measured] resumed to the end in {time.time() - t0:.0f}s: {N} of {N} trials, "
+              f"{len(before)} finished before, their result.json byte-identical")
+    finally:
+        for r in runs:
+            r.cleanup()
