@@ -27,13 +27,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 
 from hscmae.config import ConfigError
 # The report's parts live in the package reporting/; every name is re-exported here so that
 # `import report; report.X` (tests, notebooks) keeps working.
 # ruff: noqa: F401
-from reporting.ablation_runs import run_ablation
+from reporting.ablation_runs import AblationInterrupted, run_ablation
 from reporting.analysis import IMPORTANCE_WHY, _fmt, _groups, finished, hparam_table, param_importance, ranked
 from reporting.experiment import (BOOKKEEPING, METRIC, METRIC_ORDER, SPLIT_METRICS, STATUS_LABEL, Experiment,
                                   ReportError, _column_type, _error_of, _read_json, _status, _trial_index,
@@ -83,9 +84,17 @@ def main(argv: list[str] | None = None) -> int:
         exp = load_experiment(args.experiment)
         out = os.path.abspath(args.out or os.path.join(exp.path, "report"))
         facts = write_report(exp, out, top_n=args.top, importance=args.importance)
+        stopped = None
         if args.ablate:
-            facts["written"] += run_ablation(exp, out, facts["best"], args.seeds, args.epochs, args.address,
-                                             args.num_cpus, gpus_per_task=args.gpus_per_task)
+            try:
+                facts["written"] += run_ablation(exp, out, facts["best"], args.seeds, args.epochs, args.address,
+                                                 args.num_cpus, gpus_per_task=args.gpus_per_task)
+            except AblationInterrupted as e:  # Ctrl-C / SIGTERM: what finished is written
+                stopped = e
+                facts["written"] += e.written
+                exp.notes.append(f"the component ablation was interrupted ({signal.Signals(e.signum).name}) after "
+                                 f"{e.finished} of {e.total} retrains; its tables hold those, the rest are marked "
+                                 "interrupted (run the same command again for all of them)")
         write_summary(exp, out, facts)
     except (ReportError, ConfigError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -97,6 +106,10 @@ def main(argv: list[str] | None = None) -> int:
         test = f", test_map {best['test_map']:.4f}" if _present(best["test_map"]) else ""
         print(f"[report] best trial {best['trial_id']}: val_map {best['val_map']:.4f}{test}")
     print(f"[report] wrote {len(facts['written'])} files to {out}: {', '.join(sorted(facts['written']))}")
+    if stopped is not None:
+        print(f"[report] interrupted ({signal.Signals(stopped.signum).name}): {stopped.finished} of {stopped.total} "
+              f"ablation retrains finished and are kept; run the same command again for all of them")
+        return 128 + stopped.signum
     return 0
 
 

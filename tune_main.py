@@ -27,7 +27,7 @@ from hscmae.config import Config, ConfigError, load_config
 from hscmae.data import DataError, load_data_for
 from harness import METRIC, MODE, UsageError, asha_rungs, study
 from harness.callbacks import make_progress_callback
-from harness.interrupt import Interrupted, Interrupts, count_trials, leave_now, saved_trial_states
+from harness.interrupt import Interrupts, caused_by_signal, count_trials, leave_now, saved_trial_states
 from harness.ray_setup import check_gpus_per_trial, gpu_slots, init_ray
 from harness.storage import check_storage, experiment_path, read_text, versions, write_metadata
 from harness.trainable import run_trial
@@ -117,7 +117,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
         return _main(argv, interrupts)
-    except Interrupted:  # before Tune's loop ran, or a third signal
+    except BaseException as e:  # a signal before Tune's loop ran, or after it
+        if not caused_by_signal(e):
+            raise
         return finish(None, interrupts, argv)
 
 

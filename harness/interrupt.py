@@ -38,6 +38,18 @@ class Interrupted(BaseException):
     A BaseException, so Tune's `except Exception` clauses do not swallow it."""
 
 
+def caused_by_signal(e: BaseException) -> bool:
+    """e is Interrupted, or an error it caused: raised inside Ray's native code (ray.wait, ray.get)
+    it comes out as "SystemError: ... returned a result with an exception set"."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, Interrupted):
+            return True
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return False
+
+
 def resume_command(argv: list[str], restorable: bool = True) -> str:
     """The command that resumes: this one, with --resume (without, if Tune had saved nothing yet:
     --resume would refuse a folder with nothing to restore; the same command starts afresh)."""
@@ -181,8 +193,10 @@ class Interrupts:
         self.in_fit = True
         try:
             return tuner.fit()
-        except Interrupted:
-            return None
+        except BaseException as e:
+            if caused_by_signal(e):
+                return None
+            raise
         finally:
             self.in_fit = False
 

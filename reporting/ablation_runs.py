@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import time
 
 import pandas as pd
@@ -33,12 +34,26 @@ def run_ablation(exp: Experiment, out: str, best: pd.Series | None, seeds: int, 
         if r.config is not None:
             r.config.validate(n_train=len(data.splits["train"]))
 
+    from harness.ray_setup import init_ray
+
+    init_ray(address, num_cpus)
+    # Ctrl-C / SIGTERM during the retrains: stop them and write what finished (the rest marked
+    # interrupted), then AblationInterrupted; set after ray.init, which replaces SIGTERM's handler
+    stop = _StopOnSignal()
+    try:
+        return _retrain_and_write(exp, out, best, runs, data, stop, log, gpus_per_task)
+    finally:
+        stop.restore()
+
+
+def _retrain_and_write(exp, out, best, runs, data, stop, log, gpus_per_task) -> list[str]:
     import ray
 
     from harness import UsageError
-    from harness.ray_setup import gpu_slots, init_ray
+    from harness.ray_setup import gpu_slots
 
-    init_ray(address, num_cpus)
+    results: list[dict] = [{"error": r.changes} if r.config is None else {} for r in runs]
+    todo: dict = {}
     try:
         data_ref = ray.put(data)  # once: every task reads the same object
         if gpus_per_task:  # a cluster without GPUs would queue the tasks forever
@@ -49,16 +64,25 @@ def run_ablation(exp: Experiment, out: str, best: pd.Series | None, seeds: int, 
         # a task with a GPU share sees it through CUDA_VISIBLE_DEVICES, so device "auto" trains on it
         task = ray.remote(num_cpus=1, num_gpus=gpus_per_task)(ablation.train_one)
         todo = {task.remote(r.config.to_dict(), data_ref): i for i, r in enumerate(runs) if r.config is not None}
-        results: list[dict] = [{"error": r.changes} if r.config is None else {} for r in runs]
         pending, t0 = list(todo), time.time()
-        while pending:
-            done, pending = ray.wait(pending, num_returns=1)
+        while pending and stop.signum is None:
+            # the handler only records the signal (an exception raised inside ray.wait's native
+            # code comes out as a SystemError); the timeout brings us back here within a second
+            done, pending = ray.wait(pending, num_returns=1, timeout=1.0)
+            if not done:
+                continue
             i = todo[done[0]]
             results[i] = ray.get(done[0])
             r, res = runs[i], results[i]
             msg = f"test_map {res['test_map']:.4f}" if "test_map" in res else f"error: {res['error'][:120]}"
             log(f"[report] ablation {len(todo) - len(pending)}/{len(todo)} ({time.time() - t0:.0f}s): "
                 f"{r.component} seed {r.seed}: {msg}")
+        for ref in pending:  # after a signal: stop the rest, mark them
+            results[todo[ref]] = {"error": f"interrupted ({stop.name}) before it finished"}
+            try:
+                ray.cancel(ref, force=True)
+            except Exception:  # already finished or gone: shutdown stops the rest
+                pass
     finally:
         ray.shutdown()
 
@@ -77,5 +101,36 @@ def run_ablation(exp: Experiment, out: str, best: pd.Series | None, seeds: int, 
     md, tex = component_markdown_latex(summary, len({r.seed for r in runs}), best["trial_id"])
     _write(out, "component_ablation.md", md, written)
     _write(out, "component_ablation.tex", tex, written)
+    finished = sum(bool(results[i]) and "error" not in results[i] for i in todo.values())
+    if stop.signum is not None and finished < len(todo):
+        raise AblationInterrupted(stop.signum, finished, len(todo), written)
     return written
 
+
+class AblationInterrupted(Exception):
+    """A signal stopped the retrains; the finished ones are written (in `written`)."""
+
+    def __init__(self, signum: int, finished: int, total: int, written: list[str]):
+        super().__init__(signum, finished, total, written)
+        self.signum, self.finished, self.total, self.written = signum, finished, total, written
+
+
+class _StopOnSignal:
+    """Records the first SIGINT/SIGTERM (later ones are ignored until restore(), so that a second
+    Ctrl-C cannot cut the writing of what finished short); the retrain loop checks it."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self.old = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name if self.signum else ""
+
+    def _handle(self, signum, frame):
+        if self.signum is None:
+            self.signum = signum
+
+    def restore(self):
+        for s, h in self.old.items():
+            signal.signal(s, h)

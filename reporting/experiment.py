@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 import yaml
 
+from harness.interrupt import MARKER
 from hscmae.config import Config, ConfigError
 from reporting.frames import _frame, _num, _opt_float, _present, _py
 from search_spaces import trial_config
@@ -132,6 +133,21 @@ def read_state(exp: str) -> tuple[dict[str, dict], str | None]:
             time.sleep(0.3)
     return {}, (f"{os.path.basename(files[-1])} was unreadable (being written?); trial statuses were "
                 "inferred from the trial folders")
+
+
+def _interruption(exp: str) -> dict | None:
+    """interrupted.json, which tune_main.py writes when a signal stops the search after Tune saved
+    its state (and removes when a resumed search starts): Tune's own state cannot tell an
+    interrupted search from a running one (both list RUNNING trials)."""
+    path = os.path.join(exp, MARKER)
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path) as f:
+            v = json.load(f)
+    except (OSError, ValueError):
+        v = None
+    return v if isinstance(v, dict) and v else {"signal": f"a signal; {MARKER} unreadable"}
 
 
 def _error_of(folder: str) -> tuple[str | None, int]:
@@ -270,7 +286,12 @@ def load_experiment(arg: str) -> Experiment:
     trials = _frame(sorted(trial_rows, key=order), trial_cols)
     curves = _frame(sorted(curve_rows, key=lambda r: (*order(r), r["epoch"])), curve_cols)
     running = int(trials["status"].isin(["running", "pending", "paused"]).sum())
-    if running:
+    stopped = _interruption(path)
+    if stopped:  # Tune's state still says RUNNING/PENDING: that is where the resume goes on from
+        notes.append(f"the search was interrupted ({stopped.get('signal', 'a signal')} at {stopped.get('at', '?')}"
+                     f"; {running} trial(s) were running or pending): this report is a snapshot; resume with: "
+                     f"{stopped.get('resume', 'the same tune_main.py command with --resume')}")
+    elif running:
         notes.append(f"the search is still running ({running} trial(s) running or pending): this report "
                      "is a snapshot")
     return Experiment(path=path, name=os.path.basename(path), space=space, base=base, max_epochs=max_epochs,

@@ -5,7 +5,8 @@ resuming with the command the driver printed:
    process group);
 2. SIGTERM to the driver mid-trial (as `kill`, a job scheduler's stop or Kubernetes sends it);
 3. Ctrl-C mid-trial after a trial finished, and a second Ctrl-C while Tune is saving;
-4. the printed command again, to the end.
+4. the printed command again, to the end;
+5. `report.py --ablate` on it, Ctrl-C once a retrain has finished: exit 130, what finished kept.
 
 Each interrupted run must exit 130 / 143 within a bounded time, with no Python traceback and no
 native "*** SIGTERM received" dump on stderr, and print one status block whose counts match the
@@ -27,12 +28,15 @@ import sys
 import tempfile
 import time
 
+import pandas as pd
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _procs as P  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, ROOT)
+from reporting.experiment import load_experiment  # noqa: E402
 ENV = {**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "1", "RAY_AUTH_MODE": "token", "PYTHONUNBUFFERED": "1"}
 N, EPOCHS = 3, 4  # trials, epochs per trial: as small as still has a trial finish while another runs
 EXIT_BOUND_S = 90  # signal to exit; ~10 s measured on the loaded 2-core machine, generous for CI
@@ -60,6 +64,7 @@ class Run:
     """One driver in its own session (its process group = what a terminal's Ctrl-C reaches)."""
 
     def __init__(self, cmd, tmp, tag, ray_tmpdir):
+        self.t0 = time.time()
         self.out, self.err = tmp / f"{tag}.out", tmp / f"{tag}.err"
         self.p = subprocess.Popen(cmd, stdout=open(self.out, "w"), stderr=open(self.err, "w"),
                                   env={**ENV, "RAY_TMPDIR": ray_tmpdir}, cwd=ROOT, start_new_session=True)
@@ -124,6 +129,7 @@ def tune_state(exp) -> dict[str, tuple[str, int]] | None:
 def interrupt(run, sigs, target_group):
     """Send sigs (0.3 s apart) to the driver (or its process group); returns seconds to exit."""
     t0 = time.time()
+    print(f"[measured] {os.path.basename(run.out)}: signal {t0 - run.t0:.0f}s after the start")
     for i, sig in enumerate(sigs):
         if i:
             time.sleep(0.3)
@@ -210,6 +216,10 @@ def test_sigint_pending_sigterm_mid_trial_sigint_twice_each_resumed_with_the_pri
               f"state {sorted(s for s, _ in state.values())}")
         before = finished_texts(exp, state)
         run.cleanup()
+        # report.py on the interrupted search: a snapshot, said to be interrupted, with the command
+        notes = load_experiment(exp).notes
+        assert any(n.startswith("the search was interrupted (SIGTERM at ") and n.endswith(shlex.join(command))
+                   for n in notes), notes
 
         # 3. the printed command; once a trial has finished and another is mid-way, Ctrl-C and a
         # second Ctrl-C 0.3 s later, while Tune saves: the folder must stay resumable
@@ -239,6 +249,29 @@ def test_sigint_pending_sigterm_mid_trial_sigint_twice_each_resumed_with_the_pri
         check_resumed_to_the_end(run, exp, before)
         print(f"[measured] resumed to the end in {time.time() - t0:.0f}s: {N} of {N} trials, "
               f"{len(before)} finished before, their result.json byte-identical")
+        assert not any("interrupted" in n or "still running" in n for n in load_experiment(exp).notes)
+
+        # 5. report.py --ablate, Ctrl-C once the first retrain has finished: what finished is kept
+        runs.append(run := Run([sys.executable, os.path.join(ROOT, "report.py"), "--ablate", exp, "--seeds", "1",
+                                "--epochs", "2", "--num-cpus", "2"], tmp_path, "a1", ray_tmpdir))
+        first = run.wait_for(lambda: re.findall(r"\[report\] ablation \d+/(\d+) \(\d+s\): (\S+) seed (\d+): "
+                                                r"test_map ([\d.]+)", open(run.out).read()),
+                             240, "the first ablation retrain to finish")
+        seconds = interrupt(run, [signal.SIGINT], target_group=True)
+        out, err = open(run.out).read(), open(run.err).read()
+        assert run.p.returncode == 130 and "Traceback" not in err + out, run.tail()
+        done = re.findall(r"\[report\] ablation \d+/\d+ \(\d+s\): (\S+) seed (\d+): test_map ([\d.]+)", out)
+        rows = pd.read_parquet(os.path.join(exp, "report", "component_runs.parquet"))
+        kept = rows[rows["error"].isna()]
+        assert sorted((c, int(sd), float(m)) for c, sd, m in done) == \
+            sorted((c, int(sd), round(m, 4)) for c, sd, m in zip(kept["component"], kept["seed"], kept["test_map"]))
+        stopped = rows[rows["error"].fillna("").str.startswith("interrupted (SIGINT)")]
+        assert len(kept) + len(stopped) == int(first[0][0]) and len(stopped) > 0, rows
+        summary = open(os.path.join(exp, "report", "summary.md")).read()
+        assert f"the component ablation was interrupted (SIGINT) after {len(kept)} of {first[0][0]} retrains" \
+            in summary
+        print(f"[measured] report.py --ablate, SIGINT: rc 130, exit {seconds:.1f}s after the signal; "
+              f"{len(kept)} of {first[0][0]} retrains kept, {len(stopped)} marked interrupted")
     finally:
         for r in runs:
             r.cleanup()
