@@ -121,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
         if not caused_by_signal(e):
             raise
         return finish(None, interrupts, argv)
+    finally:
+        interrupts.uninstall()  # main() called in-process (tests) gets its handlers back
 
 
 def _main(argv: list[str], interrupts: Interrupts) -> int:

@@ -27,6 +27,7 @@ import os
 import shlex
 import signal
 import sys
+import threading
 import time
 
 MARKER = "interrupted.json"  # written beside Tune's files on interruption; report.py reads it
@@ -112,11 +113,14 @@ def saved_trial_states(exp: str) -> dict[str, tuple[str, int]] | None:
 def status_block(signum: int, minutes: float, counts: dict[str, int], command: str, forced: bool) -> str:
     c = counts
     kept = ("nothing is lost" if not forced else
-            "stopped before Tune's final save: a resume starts from the state it saved seconds before")
+            "cut short while Tune was saving: a resume starts from the last state it saved (at most 5 s old)")
     return (f"[hscmae] interrupted ({signal.Signals(signum).name}) after {minutes:.1f} min: {c['finished']} of "
             f"{c['total']} trials finished ({c['early']} stopped early by ASHA, {c['errored']} errored), "
             f"{c['running']} were running, {c['not_started']} not started; {kept}\n"
             f"[hscmae] resume with: {command}")
+
+
+_TUNE_LOGGERS = ("ray.tune.tune", "ray.tune.analysis.experiment_analysis")
 
 
 class _DropTuneInterruptLines(logging.Filter):
@@ -152,6 +156,8 @@ def leave_now(code: int) -> None:
     native code after it). A scheduler's grace period before SIGKILL can be as short as 10 s."""
     import ray
 
+    for s in (signal.SIGINT, signal.SIGTERM):  # one more Ctrl-C must not raise inside the shutdown
+        signal.signal(s, signal.SIG_IGN)
     if ray.is_initialized():
         ray.shutdown()
     sys.stdout.flush()
@@ -179,13 +185,35 @@ class Interrupts:
         self.search: dict | None = None  # exp, num_samples, max_epochs once known
 
     def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # only the main thread can set handlers (Tune then leaves SIGINT alone too)
+        if not hasattr(self, "_saved"):  # what uninstall() puts back (main() called in-process)
+            self._saved = (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM),
+                           os.environ.get("TUNE_DISABLE_SIGINT_HANDLER"))
         os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
         signal.signal(signal.SIGINT, self._handle)
         signal.signal(signal.SIGTERM, self._handle)
-        for name in ("ray.tune.tune", "ray.tune.analysis.experiment_analysis"):
+        for name in _TUNE_LOGGERS:
             log = logging.getLogger(name)
             if not any(isinstance(f, _DropTuneInterruptLines) for f in log.filters):
                 log.addFilter(_DropTuneInterruptLines(self))
+
+    def uninstall(self) -> None:
+        if not hasattr(self, "_saved"):
+            return
+        sigint, sigterm, env = self._saved
+        # Ray may have set a handler we cannot restore from Python (None): then the default
+        signal.signal(signal.SIGINT, sigint if sigint is not None else signal.default_int_handler)
+        signal.signal(signal.SIGTERM, sigterm if sigterm is not None else signal.SIG_DFL)
+        if env is None:
+            os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
+        else:
+            os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = env
+        for name in _TUNE_LOGGERS:
+            log = logging.getLogger(name)
+            for f in [f for f in log.filters if isinstance(f, _DropTuneInterruptLines)]:
+                log.removeFilter(f)
+        del self._saved
 
     def fit(self, tuner):
         """tuner.fit(), or None if a third signal left it before it returned."""
