@@ -1,0 +1,185 @@
+"""What the per-epoch validation score costs, and how well it ranks trials (issue 13).
+
+    python bench/bench_eval.py              # cost on synthetic:ave, synthetic:vegas, the digits halves
+    python bench/bench_eval.py --quick      # cost on synthetic:tiny (CI); --no-write leaves BENCHMARKS.md alone
+    python bench/bench_eval.py --rank LABEL=EXPERIMENT ...   # rank table from searches' report/curves.parquet
+
+Cost: one epoch of `hscmae.train` with config/hsc_mae.yaml at 1 torch thread and 1 BLAS thread
+(what a trial gets with --cpus-per-trial 1); its training steps are timed, then `embed_all`, then
+on that epoch's embeddings each per-epoch evaluation (`protocol_scores` on the val split),
+interleaved within each repeat, medians:
+  before   raw vs one fixed CCA (ridge 1e-3, dim min(embed_dim, 64)): the per-epoch score up to issue 13
+  sweep    raw vs every dimension of CCA_DIMS at ridge 1e-3 (one CCA fit: the dimensions are nested)
+  grid     raw vs CCA_REGS x CCA_DIMS (six fits), the final evaluation's protocol
+  trial    what a default-space trial now spends per epoch on average: grid at ASHA's rungs
+           (10, 30) and the last epoch (60), sweep at the other 57
+Every percentage is of that epoch's training-step time (embedding excluded; it is its own column).
+
+Rank: for the trials of a search that ran all epochs, the Spearman correlation between the
+val_map reported at ASHA's rungs and the epoch before the last, and the final val_map (the
+number the best trial is chosen by); with the test-time CCA dimensions the per-epoch and final
+reports chose (0 = raw).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import time
+
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if _REPO not in sys.path:
+    sys.path.insert(0, _REPO)
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from bench.real_data import shared_folder  # noqa: E402
+from bench.common import command_line, machine_info, md_table, parser, publish, torch_threads_kept  # noqa: E402
+from harness import asha_rungs  # noqa: E402
+from hscmae import train as T  # noqa: E402
+from hscmae.cca import CCA_REGS  # noqa: E402
+from hscmae.config import load_config  # noqa: E402
+from hscmae.data import load_data_for  # noqa: E402
+from hscmae.evaluate import SWEEP_CCA_REG, protocol_scores  # noqa: E402
+
+SECTION, RANK_SECTION = "bench_eval", "bench_eval_rank"
+CONFIG = os.path.join(_REPO, "config", "hsc_mae.yaml")
+FULL_DATA = ["synthetic:ave", "synthetic:vegas"]  # + the digits halves where the shared folder is
+EPOCHS, RUNGS = 60, (10, 30)  # the default space: 60 epochs, ASHA grace 10, rf 3
+COLUMNS = ["data", "train/val clips", "steps", "epoch train s", "embed s", "before s", "before %", "sweep s",
+           "sweep %", "grid s", "grid %", "trial s", "trial %"]
+TABLES = {"cost": COLUMNS}
+RANK_COLUMNS = ["search", "full trials", "per-epoch dims seen", "final dims", "rho at rungs and last-1"]
+TARGET = 15.0  # % of an epoch's training time
+
+
+def _limit_threads():
+    torch.set_num_threads(1)
+    try:
+        from threadpoolctl import threadpool_limits
+
+        return threadpool_limits(1)
+    except ImportError:
+        return None
+
+
+def cost_row(source: str, repeat: int) -> dict:
+    cfg = load_config(CONFIG, {"data": source, "threads": 1, "epochs": 1})
+    data = load_data_for(cfg)
+    model, log_vars, opt, gen = T.build_training(cfg, data)
+    train_idx = torch.from_numpy(data.splits["train"])
+    audio, visual = torch.from_numpy(data.audio), torch.from_numpy(data.visual)
+    b, steps = cfg.batch_size, len(train_idx) // cfg.batch_size
+    order = train_idx[torch.randperm(len(train_idx), generator=gen)]
+    t0 = time.perf_counter()
+    for i in range(steps):  # fit()'s loop
+        idx = order[i * b:(i + 1) * b]
+        T.optimizer_step(model, cfg, opt, log_vars, audio.index_select(0, idx), visual.index_select(0, idx), gen)
+    train_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    za, zv = T.embed_all(model, data, cfg.eval_encoder)
+    embed_s = time.perf_counter() - t0
+    before_cfg = dataclasses.replace(cfg, test_cca_dim=min(cfg.embed_dim, 64))
+    runs = {"before": lambda: protocol_scores(za, zv, data, before_cfg, ("val",)),
+            "sweep": lambda: protocol_scores(za, zv, data, cfg, ("val",), (SWEEP_CCA_REG,)),
+            "grid": lambda: protocol_scores(za, zv, data, cfg, ("val",), CCA_REGS)}
+    times = {k: [] for k in runs}
+    for _ in range(repeat):  # interleaved, so load changes hit every variant alike
+        for k, fn in runs.items():
+            t0 = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t0)
+    t = {k: float(np.median(v)) for k, v in times.items()}
+    n_grid = len(RUNGS) + 1
+    t["trial"] = (n_grid * t["grid"] + (EPOCHS - n_grid) * t["sweep"]) / EPOCHS
+    name = "digits halves" if source.rstrip("/").endswith("sk_digits_halves") else source
+    row = {"data": name, "train/val clips": f"{len(train_idx)}/{len(data.splits['val'])}", "steps": steps,
+           "epoch train s": train_s, "embed s": embed_s}
+    for k in ("before", "sweep", "grid", "trial"):
+        row[f"{k} s"], row[f"{k} %"] = t[k], 100 * t[k] / train_s
+    return row
+
+
+def rank_rows(specs: list[str]) -> list[dict]:
+    import pandas as pd
+    from scipy.stats import spearmanr
+
+    rows = []
+    for spec in specs:
+        label, _, path = spec.partition("=")
+        report = os.path.join(path, "report")
+        curves, trials = pd.read_parquet(os.path.join(report, "curves.parquet")), pd.read_parquet(
+            os.path.join(report, "trials.parquet"))
+        max_epochs = int(trials["max_epochs"].max())
+        full = trials[(trials["status"] == "terminated") & (trials["epochs"] == max_epochs)]["trial_id"]
+        c = curves[curves["trial_id"].isin(set(full))]
+        final = c[c["epoch"] == max_epochs].set_index("trial_id")["val_map"]
+        epochs = [*asha_rungs(10, 3, max_epochs), max_epochs - 1]
+        rhos = []
+        for e in epochs:
+            at = c[c["epoch"] == e].set_index("trial_id")["val_map"].reindex(final.index)
+            rhos.append(f"{e}: {spearmanr(at, final).statistic:.2f}")
+        dims = lambda s: ", ".join(str(int(d)) for d in sorted(set(s.dropna())))  # noqa: E731
+        rows.append({"search": label, "full trials": len(final),
+                     "per-epoch dims seen": dims(c[c["epoch"] < max_epochs]["test_cca_dim"]),
+                     "final dims": dims(c[c["epoch"] == max_epochs]["test_cca_dim"]),
+                     "rho at rungs and last-1": "; ".join(rhos)})
+    return rows
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = parser(__file__, __doc__, "synthetic:tiny only, 2 repeats (CI)")
+    p.add_argument("--repeat", type=int, default=3, help="repeats of each evaluation (median)")
+    p.add_argument("--rank", nargs="+", metavar="LABEL=EXPERIMENT", help="write the rank table instead")
+    args = p.parse_args(argv)
+    if args.rank:
+        rows = rank_rows(args.rank)
+        text = "\n".join([
+            "## Per-epoch vs final val_map: does the score ASHA cuts on rank trials as the final one does? "
+            "(`bench/bench_eval.py --rank`)", "",
+            f"- command: `{command_line(argv, __file__)}`",
+            "- each search: `python tune_main.py --space default --data <data> --name <name>` (24 trials, TPE seed 0, "
+            "ASHA grace 10, rf 3, 60 epochs), then `python report.py`; before = main at af6b832 (fixed CCA dim "
+            "64 per epoch), after = issue 13 (dimension chosen on val every epoch, ridge too at the rungs).",
+            "- rho: Spearman correlation over the trials that ran all 60 epochs between the val_map reported at "
+            "that epoch and the final (epoch-60) val_map.", "",
+            md_table(RANK_COLUMNS, rows)])
+        publish(RANK_SECTION, text, args.no_write)
+        return {"rank": rows}
+    shared = shared_folder()
+    digits = [os.path.join(shared, "sk_digits_halves")] if shared and os.path.isdir(
+        os.path.join(shared, "sk_digits_halves")) else []
+    sources = ["synthetic:tiny"] if args.quick else FULL_DATA + digits
+    repeat = 2 if args.quick else args.repeat
+    with torch_threads_kept():
+        limits = _limit_threads()
+        try:
+            info = machine_info()
+            rows = [cost_row(s, repeat) for s in sources]
+        finally:
+            if limits is not None:
+                limits.unregister()
+    load = os.getloadavg()
+    worst = max(r["trial %"] for r in rows)
+    fmt = {c: ".3f" for c in COLUMNS if c.endswith(" s")} | {c: ".1f" for c in COLUMNS if c.endswith("%")}
+    text = "\n".join([
+        "## Per-epoch validation cost (`bench/bench_eval.py`)", "", info,
+        f"- load average at end: {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} (the 2-core machine was shared "
+        "by several engineers' jobs: absolute times are noisy, the columns of a row are timed side by side)",
+        f"- command: `{command_line(argv, __file__)}`",
+        "- config/hsc_mae.yaml (batch 64, embed 128), 1 torch + 1 BLAS thread; one epoch's training steps, then "
+        f"its embeddings scored on val, median of {repeat} interleaved repeats. before = raw vs one fixed CCA "
+        "(ridge 1e-3, dim 64; the per-epoch score up to issue 13); sweep = raw vs every CCA dimension at ridge 1e-3 "
+        "(one fit); grid = raw vs the final evaluation's 6 ridges x 8 dims; trial = per-epoch mean of a "
+        "default-space trial now (grid at epochs 10, 30, 60, sweep at the other 57). % = of the epoch's "
+        "training-step time; embedding every clip (embed s) is paid by all variants alike.", "",
+        md_table(COLUMNS, rows, fmt), "",
+        f"- target: trial <= {TARGET:.0f}% of an epoch -> **{'met' if worst <= TARGET else 'missed'}** "
+        f"(worst {worst:.1f}%)"])
+    publish(SECTION, text, args.no_write or args.quick)
+    return {"cost": rows}
+
+
+if __name__ == "__main__":
+    main()
