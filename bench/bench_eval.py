@@ -13,6 +13,8 @@ interleaved within each repeat, medians:
   grid     raw vs CCA_REGS x CCA_DIMS (six fits), the final evaluation's protocol
   trial    what a default-space trial now spends per epoch on average: grid at ASHA's rungs
            (10, 30) and the last epoch (60), sweep at the other 57
+  rungs only   the alternative of the grid at the rungs and the last epoch and `before` at the
+           other 57 (cheaper, but then the epochs between rungs are not the final protocol's)
 Every percentage is of that epoch's training-step time (embedding excluded; it is its own column).
 
 Rank: for the trials of a search that ran all epochs, the Spearman correlation between the
@@ -48,9 +50,10 @@ CONFIG = os.path.join(_REPO, "config", "hsc_mae.yaml")
 FULL_DATA = ["synthetic:ave", "synthetic:vegas"]  # + the digits halves where the shared folder is
 EPOCHS, RUNGS = 60, (10, 30)  # the default space: 60 epochs, ASHA grace 10, rf 3
 COLUMNS = ["data", "train/val clips", "steps", "epoch train s", "embed s", "before s", "before %", "sweep s",
-           "sweep %", "grid s", "grid %", "trial s", "trial %"]
+           "sweep %", "grid s", "grid %", "trial s", "trial %", "rungs only %"]
 TABLES = {"cost": COLUMNS}
-RANK_COLUMNS = ["search", "full trials", "per-epoch dims seen", "final dims", "rho at rungs and last-1"]
+RANK_COLUMNS = ["search", "full trials", "per-epoch dims seen", "final dims", "rho at rungs and last-1",
+                "step at last epoch", "step at rungs", "best val / test"]
 TARGET = 15.0  # % of an epoch's training time
 
 
@@ -93,11 +96,13 @@ def cost_row(source: str, repeat: int) -> dict:
     t = {k: float(np.median(v)) for k, v in times.items()}
     n_grid = len(RUNGS) + 1
     t["trial"] = (n_grid * t["grid"] + (EPOCHS - n_grid) * t["sweep"]) / EPOCHS
+    t["rungs only"] = (n_grid * t["grid"] + (EPOCHS - n_grid) * t["before"]) / EPOCHS
     name = "digits halves" if source.rstrip("/").endswith("sk_digits_halves") else source
     row = {"data": name, "train/val clips": f"{len(train_idx)}/{len(data.splits['val'])}", "steps": steps,
            "epoch train s": train_s, "embed s": embed_s}
     for k in ("before", "sweep", "grid", "trial"):
         row[f"{k} s"], row[f"{k} %"] = t[k], 100 * t[k] / train_s
+    row["rungs only %"] = 100 * t["rungs only"] / train_s
     return row
 
 
@@ -120,12 +125,38 @@ def rank_rows(specs: list[str]) -> list[dict]:
         for e in epochs:
             at = c[c["epoch"] == e].set_index("trial_id")["val_map"].reindex(final.index)
             rhos.append(f"{e}: {spearmanr(at, final).statistic:.2f}")
+        wide = curves.pivot(index="trial_id", columns="epoch", values="val_map")
+        # step: val_map at an epoch minus the epoch before (mean over trials; the full ones at the last)
+        last = (wide.loc[final.index, max_epochs] - wide.loc[final.index, max_epochs - 1]).mean()
+        rungs = "; ".join(f"{e}: {(wide[e] - wide[e - 1]).mean():+.3f}" for e in epochs[:-1])
+        best = trials.loc[trials["trial_id"].isin(set(full))].sort_values("val_map", ascending=False).iloc[0]
         dims = lambda s: ", ".join(str(int(d)) for d in sorted(set(s.dropna())))  # noqa: E731
         rows.append({"search": label, "full trials": len(final),
                      "per-epoch dims seen": dims(c[c["epoch"] < max_epochs]["test_cca_dim"]),
                      "final dims": dims(c[c["epoch"] == max_epochs]["test_cca_dim"]),
-                     "rho at rungs and last-1": "; ".join(rhos)})
+                     "rho at rungs and last-1": "; ".join(rhos), "step at last epoch": f"{last:+.3f}",
+                     "step at rungs": rungs, "best val / test": f"{best['val_map']:.4f} / {best['test_map']:.4f}"})
     return rows
+
+
+def cost_section(rows: list[dict], info: str, load, command: str, repeat: int) -> str:
+    worst = max(r["trial %"] for r in rows)
+    fmt = {c: ".3f" for c in COLUMNS if c.endswith(" s")} | {c: ".1f" for c in COLUMNS if c.endswith("%")}
+    return "\n".join([
+        "## Per-epoch validation cost (`bench/bench_eval.py`)", "", info,
+        f"- load average at end: {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} (the 2-core machine was shared "
+        "by several engineers' jobs: absolute times are noisy, the columns of a row are timed side by side)",
+        f"- command: `{command}`",
+        "- config/hsc_mae.yaml (batch 64, embed 128), 1 torch + 1 BLAS thread; one epoch's training steps, then "
+        f"its embeddings scored on val, median of {repeat} interleaved repeat(s). before = raw vs one fixed CCA "
+        "(ridge 1e-3, dim 64; the per-epoch score up to issue 13); sweep = raw vs every CCA dimension at ridge 1e-3 "
+        "(one fit); grid = raw vs the final evaluation's 6 ridges x 8 dims; trial = per-epoch mean of a "
+        "default-space trial now (grid at epochs 10, 30, 60, sweep at the other 57); rungs only = the same with "
+        "`before` at the other 57 (not built: the epochs between rungs would not follow the final protocol). "
+        "% = of the epoch's training-step time; embedding every clip (embed s) is paid by all variants alike.", "",
+        md_table(COLUMNS, rows, fmt), "",
+        f"- target: trial <= {TARGET:.0f}% of an epoch -> **{'met' if worst <= TARGET else 'missed'}** "
+        f"(worst {worst:.1f}%)"])
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -143,7 +174,9 @@ def main(argv: list[str] | None = None) -> dict:
             "ASHA grace 10, rf 3, 60 epochs), then `python report.py`; before = main at af6b832 (fixed CCA dim "
             "64 per epoch), after = issue 13 (dimension chosen on val every epoch, ridge too at the rungs).",
             "- rho: Spearman correlation over the trials that ran all 60 epochs between the val_map reported at "
-            "that epoch and the final (epoch-60) val_map.", "",
+            "that epoch and the final (epoch-60) val_map. step: mean over trials of val_map at that epoch minus "
+            "the epoch before (the last epoch over the full trials). best: the search's winner (highest final "
+            "val_map among the full trials), its val and test mAP in the search.", "",
             md_table(RANK_COLUMNS, rows)])
         publish(RANK_SECTION, text, args.no_write)
         return {"rank": rows}
@@ -160,23 +193,7 @@ def main(argv: list[str] | None = None) -> dict:
         finally:
             if limits is not None:
                 limits.unregister()
-    load = os.getloadavg()
-    worst = max(r["trial %"] for r in rows)
-    fmt = {c: ".3f" for c in COLUMNS if c.endswith(" s")} | {c: ".1f" for c in COLUMNS if c.endswith("%")}
-    text = "\n".join([
-        "## Per-epoch validation cost (`bench/bench_eval.py`)", "", info,
-        f"- load average at end: {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} (the 2-core machine was shared "
-        "by several engineers' jobs: absolute times are noisy, the columns of a row are timed side by side)",
-        f"- command: `{command_line(argv, __file__)}`",
-        "- config/hsc_mae.yaml (batch 64, embed 128), 1 torch + 1 BLAS thread; one epoch's training steps, then "
-        f"its embeddings scored on val, median of {repeat} interleaved repeats. before = raw vs one fixed CCA "
-        "(ridge 1e-3, dim 64; the per-epoch score up to issue 13); sweep = raw vs every CCA dimension at ridge 1e-3 "
-        "(one fit); grid = raw vs the final evaluation's 6 ridges x 8 dims; trial = per-epoch mean of a "
-        "default-space trial now (grid at epochs 10, 30, 60, sweep at the other 57). % = of the epoch's "
-        "training-step time; embedding every clip (embed s) is paid by all variants alike.", "",
-        md_table(COLUMNS, rows, fmt), "",
-        f"- target: trial <= {TARGET:.0f}% of an epoch -> **{'met' if worst <= TARGET else 'missed'}** "
-        f"(worst {worst:.1f}%)"])
+    text = cost_section(rows, info, os.getloadavg(), command_line(argv, __file__), repeat)
     publish(SECTION, text, args.no_write or args.quick)
     return {"cost": rows}
 
