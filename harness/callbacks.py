@@ -7,13 +7,14 @@ from harness import METRIC
 
 
 def make_progress_callback(num_samples: int, max_epochs: int):
+    total = num_samples
     from ray.tune import Callback
 
     class Progress(Callback):
         def __init__(self):
             self.start = time.time()
             self.best = (float("-inf"), None)
-            self.done = self.early = self.errored = 0
+            self.done = 0  # trials finished in this run (the ETA's rate)
             self.on_cpu: set[str] = set()
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
@@ -25,24 +26,35 @@ def make_progress_callback(num_samples: int, max_epochs: int):
             if result.get(METRIC, float("-inf")) > self.best[0]:
                 self.best = (result[METRIC], trial.trial_id)
 
-        def _line(self, trials):
-            running = sum(t.status == "RUNNING" for t in trials)
+        def setup(self, stop=None, num_samples=None, total_num_samples=None, **info):
+            # Tune's own count: after `--resume --num-samples N` (an extended search) it is N
+            self.total = total_num_samples or total
+            self.start, self.done = time.time(), 0  # a resumed run restores this object from tuner.pkl
+
+        def _line(self, trials, trial, status):
+            # counted over Tune's trials, not this callback's events: a resumed run (restored from
+            # tuner.pkl, with the counts of when the search began) starts with finished trials
+            n = getattr(self, "total", total)
+            # (Tune calls this before it sets the finishing trial's status)
+            st = {t.trial_id: (status if t is trial else t.status) for t in trials}
+            last = {t.trial_id: (t.last_result or {}).get("epoch", 0) for t in trials}
+            done = [t for t, v in st.items() if v in ("TERMINATED", "ERROR")]
+            errored = sum(st[t] == "ERROR" for t in done)
+            early = sum(st[t] == "TERMINATED" and last[t] < max_epochs for t in done)
+            running = sum(v == "RUNNING" for v in st.values())
             elapsed = time.time() - self.start
-            eta = elapsed / self.done * (num_samples - self.done) if self.done else float("nan")
+            eta = elapsed / self.done * (n - len(done)) if self.done else float("nan")  # this run's rate
             best = f"{self.best[0]:.4f} ({self.best[1]})" if self.best[1] else "-"
-            print(f"[hscmae] trials done {self.done}/{num_samples} (stopped early {self.early}, "
-                  f"errored {self.errored}), running {running}; best {METRIC} {best}; "
+            print(f"[hscmae] trials done {len(done)}/{n} (stopped early {early}, "
+                  f"errored {errored}), running {running}; best {METRIC} {best}; "
                   f"elapsed {elapsed / 60:.1f} min, ETA ~{eta / 60:.1f} min", flush=True)
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             self.done += 1
-            epoch = (trial.last_result or {}).get("epoch", 0)
-            self.early += epoch < max_epochs
-            self._line(trials)
+            self._line(trials, trial, "TERMINATED")
 
         def on_trial_error(self, iteration, trials, trial, **info):
             self.done += 1
-            self.errored += 1
-            self._line(trials)
+            self._line(trials, trial, "ERROR")
 
     return Progress()

@@ -8,6 +8,7 @@ params.json) or the shipped YAML, read here independently of the harness."""
 import glob
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -252,6 +253,8 @@ def test_extend_a_finished_search_from_6_to_10_trials(search, tmp_path):
     st = check_study_against_folders(exp, "s", report(exp, tmp_path / "report"), 10)
     assert {t.number: (t.params, t.state) for t in st.trials[:6]} == first6
     assert "[hscmae] 10 trials" in r.stdout
+    # the progress line counts every trial of the experiment against the new total
+    assert "[hscmae] trials done 10/10" in r.stdout and not re.search(r"trials done \d+/6 ", r.stdout)
     assert json.load(open(os.path.join(exp, "space.json")))["num_samples"] == 10
     assert len(load_study(search["exp"], "s").trials) == 6  # the original folder's study is untouched
     # the same command again: nothing left to run, still 10
