@@ -137,8 +137,35 @@ def _fit_both_scorings(cfg, data) -> tuple[dict, dict]:
     return final, captured["off"]
 
 
+def _cache_key(spec: dict) -> str:
+    """What determines a run's scores: its kind, data, config (seed included) and, for cca-zoo, the
+    interpreter. Labels (method, tags) are left out, so a row added later reuses an identical run."""
+    import hashlib
+    import json
+
+    what = {k: spec.get(k) for k in ("kind", "data", "config", "python")}
+    return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
 def job(spec: dict) -> dict:
-    """One run. spec: kind ("linear_cca" | "fit"), data, and for fit: config (dict), tags."""
+    """One run. spec: kind ("linear_cca" | "fit"), data, and for fit: config (dict), tags; with
+    spec["cache"] (a folder), a run already there is read back instead of repeated."""
+    import json
+
+    from hscmae.io import atomic_write_json
+
+    cached = os.path.join(spec["cache"], _cache_key(spec) + ".json") if spec.get("cache") else None
+    if cached and os.path.exists(cached):
+        with open(cached) as f:
+            old = json.load(f)
+        return {**spec, "auto": old["auto"], "off": old["off"], "seconds": old["seconds"], "cached": True}
+    out = _run(spec)
+    if cached:
+        atomic_write_json(cached, {k: out[k] for k in ("auto", "off", "seconds")})
+    return out
+
+
+def _run(spec: dict) -> dict:
     t0 = time.perf_counter()
     data = _data(spec["data"])
     out = dict(spec)
@@ -289,6 +316,8 @@ def run(args) -> tuple[dict, dict]:
     weight = {"synthetic:vegas": 10, "synthetic:ave": 2}
     stage1.sort(key=lambda j: -(weight.get(j["data"], 1) * (3 if j["method"] != "search" else 1)))
 
+    for j in stage1:
+        j["cache"] = args.cache
     results: list[dict] = []
     pending = {(j["data"], j["baseline"]): 0 for j in stage1 if j["method"] == "search"}
     for j in stage1:
@@ -307,7 +336,7 @@ def run(args) -> tuple[dict, dict]:
                 key = (tuple(sorted(best["point"].items())), seed)
                 if key not in seen:  # the two scorings may choose the same point: run it once
                     seen.add(key)
-                    jobs.append(baseline_job(source, b, best["point"], seed, "chosen"))
+                    jobs.append({**baseline_job(source, b, best["point"], seed, "chosen"), "cache": args.cache})
         return jobs
 
     def done(r) -> list[dict]:
@@ -339,6 +368,8 @@ def run(args) -> tuple[dict, dict]:
                 finished, futures = cf.wait(futures, return_when=cf.FIRST_COMPLETED)
                 for f in finished:
                     futures |= {ex.submit(job, j) for j in done(f.result())}
+    info["cached"] = sum(1 for r in results if r.get("cached"))
+    info["runs"] = len(results)
     info["load_end"] = os.getloadavg()
     info["wall_s"] = time.time() - info["started"]
     return summarise(results, chosen, setups, info), info
@@ -478,7 +509,9 @@ def render(tables, info, command, header, title="## 6. Retrieval quality (`bench
     lines = [title, "", header,
              f"- load average at end: {info['load_end'][0]:.2f} / {info['load_end'][1]:.2f} / {info['load_end'][2]:.2f}; "
              f"wall time {info['wall_s'] / 60:.1f} min",
-             f"- command: `{command}`",
+             f"- command: `{command}`" + (f"; {info['cached']} of {info['runs']} runs read back from --cache (identical "
+                                          "spec: data, config, seed; this project keeps old keys' numbers fixed)"
+                                          if info.get("cached") else ""),
              f"- seeds (model seed; split_seed 0 fixed): {info['seeds']}; every run 1 torch thread + 1 BLAS thread; "
              "mean ± sample std over seeds; mAP = mean of audio->visual and visual->audio, relevant = same label",
              "- epochs: " + "; ".join(f"{st['data']} ({st['n_train']} train clips): "
@@ -515,6 +548,9 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict]]:
     p.add_argument("--data", action="append", default=None, metavar="SRC",
                    help="'synthetic' (ave + vegas), 'real' (bench/real_data.py's sets) or a source; repeatable "
                         "(default: synthetic and real)")
+    p.add_argument("--cache", default=None, metavar="DIR",
+                   help="keep every run's scores in DIR and reuse identical runs (to add a row later without "
+                        "repeating the others)")
     p.add_argument("--winner", action="append", default=[], metavar="DATA=YAML",
                    help="row (f) on data set DATA (a folder's base name, e.g. sk_digits_halves): the best config "
                         "of a search on it, 3 seeds; repeatable")
