@@ -21,7 +21,6 @@ seam; left/right halves share the horizontal strokes), and neither has the gener
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import sys
 
@@ -31,8 +30,8 @@ _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _REPO not in sys.path:
     sys.path.insert(0, _REPO)
 
-from hscmae.data import FILES, stratified_split  # noqa: E402
-from hscmae.io import atomic_write  # noqa: E402
+from hscmae.data import stratified_split  # noqa: E402
+from hscmae.data.folder import write_folder  # noqa: E402
 
 DEFAULT_OUT = os.path.join(_REPO, "data")  # gitignored
 BUILT = ("sk_digits_lr",)
@@ -63,14 +62,7 @@ def build(name: str, folder: str) -> str:
     audio, visual, labels = digits_views("lr")
     splits = stratified_split(labels, 0, name)
     out = os.path.join(folder, name)
-    for fname, arr in zip(FILES, (audio, visual, labels)):
-        atomic_write(os.path.join(out, fname), lambda f, a=arr: np.save(f, a, allow_pickle=False))
-
-    def write_npz(f):
-        buf = io.BytesIO()
-        np.savez(buf, **splits)
-        f.write(buf.getvalue())
-    atomic_write(os.path.join(out, "splits.npz"), write_npz)
+    write_folder(out, audio, visual, labels, splits)
     return out
 
 

@@ -2,14 +2,13 @@
 splits.npz) or, when DEST ends in .h5 / .hdf5, as one of the authors' HDF5 files."""
 from __future__ import annotations
 
-import io
 import os
 import sys
 
 import numpy as np
 
 from hscmae.data.common import DataError, stratified_split
-from hscmae.data.folder import FILES
+from hscmae.data.folder import write_folder
 
 H5_SUFFIXES = (".h5", ".hdf5")
 
@@ -18,7 +17,6 @@ def export(source: str, dest: str, split_seed: int = 0, layout: str | None = Non
            val_fraction: float = 0.15) -> None:
     """Write a source's features as stored (before pooling and scaling), its labels and its splits."""
     from hscmae.data import hdf5, load_data, open_source
-    from hscmae.io import atomic_write
 
     to_h5 = dest.lower().endswith(H5_SUFFIXES)
     if layout is not None and not to_h5:
@@ -33,14 +31,7 @@ def export(source: str, dest: str, split_seed: int = 0, layout: str | None = Non
     if to_h5:
         hdf5.write_hdf5(dest, audio, visual, labels, splits, layout or "split-keys")
         return
-    for name, arr in zip(FILES, (audio, visual, labels)):
-        atomic_write(os.path.join(dest, name), lambda f, a=arr: np.save(f, a, allow_pickle=False))
-
-    def write_npz(f):
-        buf = io.BytesIO()
-        np.savez(buf, **splits)
-        f.write(buf.getvalue())
-    atomic_write(os.path.join(dest, "splits.npz"), write_npz)
+    write_folder(dest, audio, visual, labels, splits)
 
 
 def main(argv: list[str] | None = None) -> int:

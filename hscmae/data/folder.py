@@ -78,3 +78,20 @@ def open_folder(source: str) -> dict:
             "audio_shape": list(audio.shape), "visual_shape": list(visual.shape)}
     return dict(audio=[(paths[0], audio)], visual=[(paths[1], visual)], labels=labels, splits=splits,
                 where={"a": paths[0], "v": paths[1], "l": paths[2]}, meta=meta)
+
+
+def write_folder(folder: str, audio: np.ndarray, visual: np.ndarray, labels: np.ndarray,
+                 splits: dict[str, np.ndarray]) -> None:
+    """Write arrays in the folder format (FILES plus splits.npz), each file atomically."""
+    import io
+
+    from hscmae.io import atomic_write
+
+    for name, arr in zip(FILES, (audio, visual, labels)):
+        atomic_write(os.path.join(folder, name), lambda f, a=arr: np.save(f, a, allow_pickle=False))
+
+    def write_npz(f):
+        buf = io.BytesIO()
+        np.savez(buf, **splits)
+        f.write(buf.getvalue())
+    atomic_write(os.path.join(folder, "splits.npz"), write_npz)
