@@ -116,10 +116,15 @@ def _init_worker():
         pass
 
 
-def _data(source: str):
-    if source not in _DATA:
-        _DATA[source] = load_data(source)
-    return _DATA[source]
+def _data(source: str, cfg=None):
+    """The data set as a run loads it: with a config, its own data keys (e.g. the official
+    recipe's minmax scaling, hscmae.data.load_data_for); without, the defaults."""
+    keys = {} if cfg is None else dict(temporal_pool=cfg.temporal_pool, normalize=cfg.normalize,
+                                       val_fraction=cfg.val_fraction)
+    key = (source, tuple(sorted(keys.items())))
+    if key not in _DATA:
+        _DATA[key] = load_data(source, **keys)
+    return _DATA[key]
 
 
 def _fit_both_scorings(cfg, data) -> tuple[dict, dict]:
@@ -173,16 +178,15 @@ def job(spec: dict) -> dict:
 
 def _run(spec: dict) -> dict:
     t0 = time.perf_counter()
-    data = _data(spec["data"])
     out = dict(spec)
     if spec["kind"] == "linear_cca":
-        r = linear_cca_baseline(data)
+        r = linear_cca_baseline(_data(spec["data"]))
         out["auto"] = out["off"] = r
     elif spec["kind"] == "ccazoo":
         out.update(_ccazoo_run(spec))
     else:
         cfg = config_from_dict(spec["config"])
-        final, off = _fit_both_scorings(cfg, data)
+        final, off = _fit_both_scorings(cfg, _data(spec["data"], cfg))
         keep = ("val_map", "val_map_a2v", "val_map_v2a", "test_map", "test_map_a2v", "test_map_v2a", "test_cca",
                 "test_cca_dim")
         out["auto"] = {k: final[k] for k in keep if k in final}
