@@ -42,7 +42,7 @@ def test_components_space_samples_only_valid_configs_and_varies_every_switch():
         assert {c[key] for c in cfgs} == {True, False}, key
     assert {c["affinity"] for c in cfgs} == {"cross", "fused"}
     assert {c["ema_schedule"] for c in cfgs} == {"constant", "ramp"}
-    assert {c["warmup_epochs"] for c in cfgs} == {0, 5, 10}
+    assert {c["warmup_epochs"] for c in cfgs} == {0, 5}
     assert {c["enc_layers"] for c in cfgs} == {2, 3} and {c["dec_layers"] for c in cfgs} == {2, 3}
     assert {c["hidden_dim"] for c in cfgs} == {256, 512, 1024}
     assert 0.0 <= min(c["enc_dropout"] for c in cfgs) and max(c["dec_dropout"] for c in cfgs) <= 0.3
@@ -102,16 +102,16 @@ def test_components_impossible_corners_fail_before_ray(tmp_path, capsys):
     cfg.write_text("batch_size: 40\ncca_dim: 16\n")  # valid alone; the space samples cca_dim 48
     _fails_before_ray(["--space", "components", "--config", str(cfg), "--storage", str(tmp_path)],
                       "config key 'cca_dim'", capsys)
-    # warm-up of 10 epochs is a corner of the space: 8 epochs cannot hold it
-    _fails_before_ray(["--space", "components", "--max-epochs", "8", "--storage", str(tmp_path)],
+    # warm-up of 5 epochs is a corner of the space: 5 epochs cannot hold it
+    _fails_before_ray(["--space", "components", "--max-epochs", "5", "--storage", str(tmp_path)],
                       "config key 'warmup_epochs'", capsys)
 
 
 @pytest.mark.slow
 def test_components_smoke_search(tmp_path):
     cmd = [sys.executable, os.path.join(ROOT, "tune_main.py"), "--space", "components", "--data", "synthetic:tiny",
-           "--max-epochs", "11", "--num-samples", "2", "--storage", str(tmp_path), "--name", "comp"]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=ENV, cwd=ROOT)
+           "--max-epochs", "6", "--num-samples", "2", "--storage", str(tmp_path), "--name", "comp"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=ENV, cwd=ROOT)  # a loaded 2-core machine
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     results = glob.glob(str(tmp_path / "comp" / "run_trial_*" / "result.json"))
     assert len(results) == 2
