@@ -3,6 +3,7 @@
     python report.py <experiment folder or name> [--out DIR]       # tables, best configs, figures
     python report.py --ablate <experiment> [--seeds 3] [--epochs N] [--address auto]
                                            # also retrain the best config with each component off
+    python report.py --figures [retrain] <experiment>   # also what the best model learned
 
 Reads only the experiment folder's JSON / YAML files (Tune's result.json, params.json, error.txt,
 experiment_state-*.json; tune_main.py's space.json, base_config.yaml, data.json), never its pickles,
@@ -16,6 +17,8 @@ written atomically:
     hparam_ablation.{md,tex,parquet}, param_importance.parquet
     component_ablation.{md,tex,parquet}, component_runs.parquet   (--ablate)
     fig_curves, fig_params, fig_importance (.png and .pdf)
+    fig_pr, fig_per_class, fig_embedding_map (.png and .pdf), per_class_ap.{md,parquet},
+    retrieval_examples.md, embeddings.npz                          (--figures; reporting/learned.py)
     summary.md
 
 The best trial is chosen on validation only: the highest val_map at the last epoch among trials
@@ -41,6 +44,7 @@ from reporting.experiment import (BOOKKEEPING, METRIC, METRIC_ORDER, SPLIT_METRI
                                   load_experiment, read_results, read_state, resolve_experiment)
 from reporting.figures import _plt, asha_rungs, fig_curves, fig_importance, fig_params, figure_bytes
 from reporting.frames import ARROW, _frame, _kind_of, _num, _opt_float, _present, _py, to_parquet_bytes
+from reporting.learned import write_learned
 from reporting.tables import (_pm, _tex_escape, component_markdown_latex, hparam_markdown_latex, latex_table,
                               markdown_table)
 from reporting.writing import _UMASK, _write, _yaml_header, write_report, write_summary
@@ -61,6 +65,11 @@ def parse_args(argv):
     p.add_argument("--num-cpus", type=int, default=None, help="--ablate: CPUs of a local Ray (default: all)")
     p.add_argument("--gpus-per-task", type=float, default=0.0,
                    help="--ablate: GPUs per training task, a fraction shares one (default 0: CPUs only)")
+    p.add_argument("--figures", nargs="?", const="checkpoint", choices=("checkpoint", "retrain"), default=None,
+                   help="also draw what the best model learned (PR curves, AP per class, t-SNE map, retrieval "
+                        "examples, embeddings): from the best trial's last Tune checkpoint (default), or "
+                        "'retrain' its config here (costs one trial's training); with --ablate also trains "
+                        "the DCCA-only baseline")
     args = p.parse_args(argv)
     from harness import UsageError
     from harness.ray_setup import check_gpus_per_trial
@@ -85,6 +94,10 @@ def main(argv: list[str] | None = None) -> int:
         out = os.path.abspath(args.out or os.path.join(exp.path, "report"))
         facts = write_report(exp, out, top_n=args.top, importance=args.importance)
         stopped = None
+        if args.figures:  # before --ablate's Ray tasks: a bad checkpoint fails fast
+            learned = write_learned(exp, out, facts["best"], args.figures, args.ablate, args.epochs)
+            facts["written"] += learned["written"]
+            facts["learned"] = learned["summary"]
         if args.ablate:
             try:
                 facts["written"] += run_ablation(exp, out, facts["best"], args.seeds, args.epochs, args.address,

@@ -122,5 +122,8 @@ def write_summary(exp: Experiment, out: str, facts: dict) -> None:
               "Final validation mAP against each searched parameter:", "",
               "![mAP by parameter](fig_params.png) ([PDF](fig_params.pdf))", "",
               "Parameter importance:", "", "![importance](fig_importance.png) ([PDF](fig_importance.pdf))", ""]
+    # the best model's PR curves, per-class AP, embedding map, retrieval examples (--figures)
+    lines += facts.get("learned") or ["PR curves, AP per class, the embedding map and retrieval examples of the "
+                                      f"best model: not drawn (`python report.py --figures {exp.path}`).", ""]
     _write(out, "summary.md", "\n".join(lines), facts["written"])
 
