@@ -295,9 +295,9 @@ def fig_embedding_map(t: dict):
         from matplotlib.patches import Patch
 
         ax.add_artist(leg)
-        ax.legend(handles=[Patch(color=colour[c], label=str(c)) for c in classes], title="class", loc="lower left",
-                  frameon=True, framealpha=0.8, ncol=min(5, len(classes)), fontsize=6, title_fontsize=6,
-                  handlelength=0.8, columnspacing=0.8)
+        ax.legend(handles=[Patch(color=colour[c], label=str(c)) for c in classes], title="class",
+                  loc="upper center", bbox_to_anchor=(0.5, 0.0), frameon=False, ncol=len(classes), fontsize=6,
+                  title_fontsize=6, handlelength=0.8, columnspacing=0.8)  # below the map: covers no point
     ax.set_xticks([])
     ax.set_yticks([])
     sub = f"{n} of {t['n_all']} test clips (seed-0 subsample)" if n < t["n_all"] else f"all {n} test clips"

@@ -1,5 +1,5 @@
 """Every bench script runs in --quick mode and returns its tables with the documented columns,
-so the scripts behind BENCHMARKS.md cannot rot. (About 45 s on 2 cores for the first six.)
+so the scripts behind BENCHMARKS.md cannot rot. (About 45 s on 2 cores for the first six; bench_report adds about a minute of CPU.)
 
 Each script's main(["--quick", "--no-write"]) must return a dict of tables (name -> list of row
 dicts) whose names and columns are the script's TABLES, every number finite; --no-write must
@@ -17,7 +17,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = sorted(glob.glob(os.path.join(REPO, "bench", "bench_*.py")))
 BENCHMARKS = os.path.join(REPO, "BENCHMARKS.md")
 EXPECTED = {"bench_train.py", "bench_map.py", "bench_harness.py", "bench_search.py", "bench_scaling.py",
-            "bench_quality.py", "bench_load.py", "bench_eval.py"}
+            "bench_quality.py", "bench_load.py", "bench_eval.py", "bench_report.py"}
 
 
 def _load(path):
