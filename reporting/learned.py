@@ -105,7 +105,8 @@ def curves_of(pa: np.ndarray, pv: np.ndarray, data, split: str = "test") -> dict
 def learned_numbers(exp: Experiment, best: pd.Series, how: str, dcca_epochs: int | None, log=print) -> dict:
     """Everything the figures and tables show. dcca_epochs: also train the DCCA-only baseline
     (--ablate ran) for that many epochs."""
-    from hscmae.baselines import best_linear_cca, dcca_config
+    from hscmae.baselines import dcca_config
+    from hscmae.evaluate import best_linear_cca
     from hscmae.export import protocol_embeddings
     from hscmae.train import build_model, fit
 

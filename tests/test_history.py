@@ -73,3 +73,10 @@ def test_truncate_keeps_complete_lines_up_to_the_checkpoint(tmp_path):
     assert [h["epoch"] for h in read_history(str(path))] == [1, 2, 3]
     assert truncate_history(str(path), 0) == 0 and path.read_bytes() == b""  # a fresh run starts a new log
     assert truncate_history(str(tmp_path / "absent.jsonl"), 5) == 0
+
+
+def test_core_modules_do_not_import_matplotlib():
+    code = ("import sys, hscmae.train, hscmae.evaluate, hscmae.metrics, hscmae.history, hscmae.export, hscmae.eval; "
+            "print('matplotlib' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "False", r.stderr

@@ -120,3 +120,17 @@ def test_a_checkpoint_of_another_config_is_one_error_line(tmp_path, capsys):
     assert report.main([str(exp), "--out", str(tmp_path / "r"), "--figures"]) == 2
     err = [x for x in capsys.readouterr().err.splitlines() if x.strip()]
     assert len(err) == 1 and err[0].startswith("error: ") and "hidden_dim" in err[0] and "checkpoint.pt" in err[0]
+
+
+def test_without_a_checkpoint_the_config_is_retrained_to_the_same_model(tmp_path):
+    """config + seed -> the same model: a retrain scores exactly what the trial reported."""
+    exp, final, _ = _experiment(tmp_path, TINY)
+    for p in (exp / TRIAL).glob("checkpoint_*/checkpoint.pt"):
+        p.unlink()
+    out = tmp_path / "r"
+    assert report.main([str(exp), "--out", str(out), "--figures"]) == 0
+    assert "retrained here" in (out / "summary.md").read_text()
+    c = pd.read_parquet(out / "pr_curves.parquet")
+    got = c[c["method"] == "HSC-MAE"].groupby("direction")["map"].first()
+    assert got["a2v"] == pytest.approx(final["test_map_a2v"], abs=1e-9)
+    assert got["v2a"] == pytest.approx(final["test_map_v2a"], abs=1e-9)
