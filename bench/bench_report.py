@@ -6,7 +6,7 @@ Builds an experiment folder shaped like tune_main.py's with one trial (the shipp
 here for --epochs epochs, its final Tune-style checkpoint and result.json), then times
 `report.main([exp])` and `report.main([exp, "--figures"])` end to end (the difference is what the
 flag adds), and each stage of --figures on its own. One run of each: the machine is shared, so the
-load average is printed beside the times. Rewrites the `report_figures` section of BENCHMARKS.md.
+load average is printed beside the times. Rewrites the `bench_report` section of BENCHMARKS.md.
 """
 from __future__ import annotations
 
@@ -30,14 +30,14 @@ def build_experiment(root: str, cfg_dict: dict) -> str:
     import yaml
 
     from hscmae.config import config_from_dict
-    from hscmae.data import load_data
+    from hscmae.data import load_data_for
     from hscmae.train import fit
 
     exp = os.path.join(root, "exp")
     trial = os.path.join(exp, TRIAL)
     os.makedirs(os.path.join(trial, "checkpoint_000000"))
     cfg = config_from_dict(cfg_dict)
-    data = load_data(cfg.data, cfg.split_seed)
+    data = load_data_for(cfg)
     lines = []
 
     def on_epoch(m, save):
@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> dict:
         st = stages(exp, os.path.join(root, "stages"))
     load = os.getloadavg()
     data = "synthetic:tiny" if args.quick else "synthetic:vegas"
-    lines = ["## 7. Report figures (`bench/bench_report.py`)", "", info,
+    lines = ["## 8. Report figures (`bench/bench_report.py`)", "", info,
              f"- load average at end: {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}; the machine is shared with "
              "other engineers' jobs today (noisy): one run of each, not a median",
              f"- command: `{command_line(argv, __file__)}`",
@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> dict:
     lines += [f"| {r['report']} | {r['seconds']:.1f} | {r['cpu_seconds']:.1f} |" for r in end]
     lines += ["", "Stages of `--figures`, each timed on its own:", "", "| stage | wall s | CPU s |", "| --- | --- | --- |"]
     lines += [f"| {r['stage']} | {r['seconds']:.1f} | {r['cpu_seconds']:.1f} |" for r in st]
-    publish("report_figures", "\n".join(lines) + "\n", args.no_write or args.quick)
+    publish("bench_report", "\n".join(lines) + "\n", args.no_write or args.quick)
     return {"end_to_end": end, "stages": st}
 
 

@@ -26,11 +26,6 @@ from hscmae.config import Config
 from hscmae.data import Dataset, DataError
 from hscmae.io import atomic_write
 
-# keys that shape the network: a checkpoint saved under other values is a different model
-MODEL_KEYS = ("hidden_dim", "embed_dim", "mask_value", "enc_layers", "dec_layers", "activation",
-              "input_batchnorm", "proj_head", "proj_dim", "use_ema")
-
-
 class ExportError(ValueError):
     """The export folder cannot be written."""
 
@@ -54,12 +49,11 @@ def check_writable(folder: str) -> None:
 
 def load_model(cfg: Config, data: Dataset, checkpoint: str):
     """The checkpoint's model, refusing one whose architecture or input sizes differ from cfg's."""
-    from hscmae.train import CheckpointError, build_model, load_checkpoint
+    from hscmae.train import ARCH_KEYS, CheckpointError, build_model, config_diff, load_checkpoint, saved_config
 
     state = load_checkpoint(checkpoint)
-    saved = state["config"]
-    diff = [f"{k}: checkpoint {saved.get(k)!r}, config {getattr(cfg, k)!r}" for k in MODEL_KEYS
-            if k in saved and saved[k] != getattr(cfg, k)]
+    saved = saved_config(state)
+    diff = [f"{k}: checkpoint {saved.get(k)!r}, config {getattr(cfg, k)!r}" for k in config_diff(state, cfg, ARCH_KEYS)]
     if diff:
         raise CheckpointError(f"{checkpoint}: does not match the config ({'; '.join(diff)})")
     model = build_model(cfg, data)

@@ -43,12 +43,12 @@ def last_checkpoint(trial_folder: str) -> str | None:
 def best_model(exp: Experiment, best: pd.Series, how: str = "checkpoint", log=print):
     """(cfg, data, model, where the model came from)."""
     from hscmae.config import config_from_dict
-    from hscmae.data import load_data
+    from hscmae.data import load_data_for
     from hscmae.export import require_classes
-    from hscmae.train import CheckpointError, build_model, fit, load_checkpoint
+    from hscmae.train import CheckpointError, build_model, fit, load_checkpoint, saved_config
 
     cfg = config_from_dict(exp.full_config(best))
-    data = load_data(cfg.data, cfg.split_seed)
+    data = load_data_for(cfg)
     recorded = os.path.join(exp.path, "data.json")
     if os.path.exists(recorded):
         fp = _read_json(recorded, "").get("fingerprint")
@@ -72,7 +72,7 @@ def best_model(exp: Experiment, best: pd.Series, how: str = "checkpoint", log=pr
         except CheckpointError as e:
             raise ReportError(str(e)) from None
         trial_cfg = {k: v for k, v in cfg.to_dict().items() if k not in RUNTIME_KEYS}
-        saved = {k: v for k, v in state["config"].items() if k not in RUNTIME_KEYS}
+        saved = {k: v for k, v in saved_config(state).items() if k not in RUNTIME_KEYS}
         diff = sorted(k for k in set(trial_cfg) | set(saved) if trial_cfg.get(k) != saved.get(k))
         if diff:
             raise ReportError(f"{ckpt}: checkpoint does not match trial {best['trial_id']}'s config "
