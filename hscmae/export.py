@@ -49,14 +49,16 @@ def check_writable(folder: str) -> None:
 
 def load_model(cfg: Config, data: Dataset, checkpoint: str):
     """The checkpoint's model, refusing one whose architecture or input sizes differ from cfg's."""
+    from hscmae.device import resolve_device
     from hscmae.train import ARCH_KEYS, CheckpointError, build_model, config_diff, load_checkpoint, saved_config
 
-    state = load_checkpoint(checkpoint)
+    device = resolve_device(cfg)  # as evaluate_checkpoint: embeddings are computed there, returned to numpy
+    state = load_checkpoint(checkpoint, map_location=device)
     saved = saved_config(state)
     diff = [f"{k}: checkpoint {saved.get(k)!r}, config {getattr(cfg, k)!r}" for k in config_diff(state, cfg, ARCH_KEYS)]
     if diff:
         raise CheckpointError(f"{checkpoint}: does not match the config ({'; '.join(diff)})")
-    model = build_model(cfg, data)
+    model = build_model(cfg, data).to(device)
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as e:  # e.g. the data's feature dimensions are not the checkpoint's
