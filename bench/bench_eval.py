@@ -53,7 +53,7 @@ COLUMNS = ["data", "train/val clips", "steps", "epoch train s", "embed s", "befo
            "sweep %", "grid s", "grid %", "trial s", "trial %", "rungs only %"]
 TABLES = {"cost": COLUMNS}
 RANK_COLUMNS = ["search", "full trials", "per-epoch dims seen", "final dims", "rho at rungs and last-1",
-                "step at last epoch", "step at rungs", "best val / test"]
+                "step at last epoch", "step at rungs", "best val / test", "winner retrained: test mAP"]
 TARGET = 15.0  # % of an epoch's training time
 
 
@@ -106,7 +106,18 @@ def cost_row(source: str, repeat: int) -> dict:
     return row
 
 
-def rank_rows(specs: list[str]) -> list[dict]:
+def retrained(pattern: str | None) -> str:
+    """mean +- std (n) of test_map over the metrics.json files of a winner's seed retrains."""
+    import glob
+    import json
+
+    if not pattern:
+        return "-"
+    vals = [json.load(open(f))["test_map"] for f in sorted(glob.glob(os.path.join(pattern, "metrics.json")))]
+    return f"{np.mean(vals):.4f} +- {np.std(vals, ddof=1):.4f} ({len(vals)} seeds)" if len(vals) > 1 else "-"
+
+
+def rank_rows(specs: list[str], retrains: dict | None = None) -> list[dict]:
     import pandas as pd
     from scipy.stats import spearmanr
 
@@ -135,7 +146,8 @@ def rank_rows(specs: list[str]) -> list[dict]:
                      "per-epoch dims seen": dims(c[c["epoch"] < max_epochs]["test_cca_dim"]),
                      "final dims": dims(c[c["epoch"] == max_epochs]["test_cca_dim"]),
                      "rho at rungs and last-1": "; ".join(rhos), "step at last epoch": f"{last:+.3f}",
-                     "step at rungs": rungs, "best val / test": f"{best['val_map']:.4f} / {best['test_map']:.4f}"})
+                     "step at rungs": rungs, "best val / test": f"{best['val_map']:.4f} / {best['test_map']:.4f}",
+                     "winner retrained: test mAP": retrained((retrains or {}).get(label))})
     return rows
 
 
@@ -163,9 +175,12 @@ def main(argv: list[str] | None = None) -> dict:
     p = parser(__file__, __doc__, "synthetic:tiny only, 2 repeats (CI)")
     p.add_argument("--repeat", type=int, default=3, help="repeats of each evaluation (median)")
     p.add_argument("--rank", nargs="+", metavar="LABEL=EXPERIMENT", help="write the rank table instead")
+    p.add_argument("--retrained", nargs="*", default=[], metavar="LABEL=GLOB",
+                   help="with --rank: folders of the winner's seed retrains (python -m hscmae.train --config "
+                        "report/best_config.yaml --set seed=S --out DIR), whose metrics.json give test mAP")
     args = p.parse_args(argv)
     if args.rank:
-        rows = rank_rows(args.rank)
+        rows = rank_rows(args.rank, dict(r.split("=", 1) for r in args.retrained))
         text = "\n".join([
             "## Per-epoch vs final val_map: does the score ASHA cuts on rank trials as the final one does? "
             "(`bench/bench_eval.py --rank`)", "",
@@ -176,7 +191,9 @@ def main(argv: list[str] | None = None) -> dict:
             "- rho: Spearman correlation over the trials that ran all 60 epochs between the val_map reported at "
             "that epoch and the final (epoch-60) val_map. step: mean over trials of val_map at that epoch minus "
             "the epoch before (the last epoch over the full trials). best: the search's winner (highest final "
-            "val_map among the full trials), its val and test mAP in the search.", "",
+            "val_map among the full trials), its val and test mAP in the search; retrained: the winner's "
+            "best_config.yaml trained again with seeds 0, 1, 2 (`python -m hscmae.train --config best_config.yaml "
+            "--set seed=S threads=1`; threads=1 as in the search), test mAP mean +- std.", "",
             md_table(RANK_COLUMNS, rows)])
         publish(RANK_SECTION, text, args.no_write)
         return {"rank": rows}
