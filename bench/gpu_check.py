@@ -41,9 +41,9 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def step_ms(cfg, data, device: torch.device, steps: int) -> float:
-    """Median ms of `steps` optimizer steps (after 5 warm-up ones), timed in blocks of 10 with the
-    device synchronised around each block: the library's step, batches gathered on the device."""
+def step_ms(cfg, data, device: torch.device, steps: int, block: int = 10) -> float:
+    """Median ms of `steps` optimizer steps (after 5 warm-up ones), timed in blocks of `block` with
+    the device synchronised around each block: the library's step, batches gathered on the device."""
     model, log_vars, opt, gen = T.build_training(cfg, data, device)
     audio, visual = torch.from_numpy(data.audio).to(device), torch.from_numpy(data.visual).to(device)
     train = torch.from_numpy(data.splits["train"]).to(device)
@@ -57,27 +57,36 @@ def step_ms(cfg, data, device: torch.device, steps: int) -> float:
             idx = order[j * b:(j + 1) * b]
             T.optimizer_step(model, cfg, opt, log_vars, audio.index_select(0, idx), visual.index_select(0, idx), gen,
                              forward=forward)
-    run(5, 0)
+    warm = min(5, steps)
+    run(warm, 0)
     _sync(device)
     times = []
-    for k in range(max(1, steps // 10)):
+    for k in range(max(1, steps // block)):
         t0 = time.perf_counter()
-        run(10, 5 + 10 * k)
+        run(block, warm + block * k)
         _sync(device)
-        times.append((time.perf_counter() - t0) / 10)
+        times.append((time.perf_counter() - t0) / block)
     return 1e3 * statistics.median(times)
 
 
-def train_row(name: str, path: str, source: str, device: torch.device, epochs: int, steps: int) -> dict:
-    cfg = load_config(path, {"data": source, "epochs": epochs, "device": str(device)})
+def train_row(name: str, path: str, source: str, device: torch.device, epochs: int, steps: int,
+              threads: int = 0) -> dict:
+    over = {"data": source, "epochs": epochs, "device": str(device),
+            **({"threads": threads} if threads and device.type == "cpu" else {})}
+    warmup = load_config(path).warmup_epochs
+    note = ""
+    if warmup >= epochs:  # a run shorter than the config's warm-up (--quick): cut the warm-up to fit
+        over["warmup_epochs"] = epochs - 1
+        note = f"warmup_epochs {warmup} -> {epochs - 1} for this {epochs}-epoch run"
+    cfg = load_config(path, over)
     data = load_data_for(cfg)  # the config's own pooling and scaling (official: minmax)
     cfg.validate(n_train=len(data.splits["train"]))
-    ms = step_ms(cfg, data, device, steps)
+    ms = step_ms(cfg, data, device, steps, block=min(10, steps))
     seen: list[dict] = []
     final = T.fit(cfg, data, on_epoch=lambda m, save: seen.append(m), log=None)
     return {"config": name, "device": str(device), "batch": cfg.batch_size, "ms/step": ms,
             "epoch s": statistics.median(m["epoch_time_s"] for m in seen), "epochs": epochs,
-            "val mAP": final["val_map"], "test mAP": final["test_map"], "note": ""}
+            "val mAP": final["val_map"], "test mAP": final["test_map"], "note": note}
 
 
 def checkpoint_check(path: str, source: str) -> str:
@@ -108,13 +117,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--epochs", type=int, default=20, help="epochs per training run (default 20)")
     p.add_argument("--cpu-only", action="store_true", help="skip the CUDA side even where CUDA is present")
     p.add_argument("--cuda-tests", default="not run", help="the pytest summary of tests/test_cuda.py (gpu_check.sh)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads of the CPU runs (default 0: torch's default)")
     args = p.parse_args(argv)
     t_start = time.time()
     header = machine_info()
     cuda = torch.cuda.is_available() and not args.cpu_only
     source = "synthetic:vegas,n=3000" if args.quick else "synthetic:vegas"
     epochs = 1 if args.quick else args.epochs
-    steps = 10 if args.quick else 50
+    steps = 2 if args.quick else 50
     devices = ([torch.device("cuda")] if cuda else []) + [torch.device("cpu")]
     rows, notes = [], []
     for name, path in CONFIGS.items():
@@ -128,7 +138,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             if time.time() - t_start > BUDGET_S:
                 rows.append({"config": name, "device": str(dev), "note": "skipped: past the 7-minute budget"})
                 continue
-            rows.append(train_row(name, path, source, dev, epochs, steps))
+            rows.append(train_row(name, path, source, dev, epochs, steps, args.threads))
             print(f"[gpu_check] {name} on {dev}: {rows[-1]['ms/step']:.2f} ms/step, test mAP "
                   f"{rows[-1]['test mAP']:.4f} ({time.time() - t_start:.0f}s)", flush=True)
     if cuda:
@@ -145,8 +155,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         "- **This check has not run on a GPU yet**: the table below is its CPU-only path on the machine above.",
         f"- command: `{command_line(argv, __file__)}` (from `bench/gpu_check.sh`); {time.time() - t_start:.0f} s in all",
         f"- protocol: each config on {source} with `epochs: {epochs}`, trained by `hscmae.train.fit` on each device; "
-        f"ms/step = median of 10-step blocks ({steps} steps after 5 warm-up, the device synchronised around each "
-        "block); epoch s = median epoch wall time (training + the per-epoch validation); mAP = the final "
+        f"ms/step = median of {min(10, steps)}-step blocks ({steps} steps after {min(5, steps)} warm-up, the device "
+        f"synchronised around each block); CPU threads: {args.threads or 'torch default'}; epoch s = median epoch wall time (training + the per-epoch validation); mAP = the final "
         "evaluation's. CPU and CUDA runs agree to seed noise, not bit for bit (different kernels and random streams).",
         f"- tests marked `cuda` (tests/test_cuda.py): {args.cuda_tests}",
         *[f"- {n}" for n in notes], "",
