@@ -91,7 +91,7 @@ def _reference(data, za, zv, regs, dims):
 def _fit_reporting(tiny, embeddings, grid_epochs, monkeypatch):
     """fit() on tiny data, its evaluation fed `embeddings` in place of the model's: the metrics
     it reports each epoch, as a trial reports them to ASHA."""
-    monkeypatch.setattr(T, "embed_all", lambda model, data, which: embeddings)
+    monkeypatch.setattr(T, "embed_all", lambda model, data, which, **kw: embeddings)
     seen = []
     T.fit(config_from_dict(TINY), tiny, on_epoch=lambda m, save: seen.append(m), log=None, grid_epochs=grid_epochs)
     return {m["epoch"]: m for m in seen}
