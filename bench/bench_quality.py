@@ -300,6 +300,7 @@ def run(args) -> tuple[dict, dict]:
     setups, n_train = plan(args)
     info["setups"] = setups
     info["seeds"] = seeds
+    info["baselines"] = args.baselines
 
     def baseline_job(source, b, point, seed, tag):
         st = next(x for x in setups if x["data"] == source)
@@ -317,7 +318,7 @@ def run(args) -> tuple[dict, dict]:
             for seed in seeds:
                 stage1.append({"kind": "fit", "data": s, "method": name, "seed": seed,
                                "config": _cfg_dict(cfg, s, st["epochs"][name], seed)})
-        for b in BASELINES:
+        for b in args.baselines:
             for point in (grid if args.quick or not in_6b(s) else _grid(REAL_GRID)):
                 stage1.append(baseline_job(s, b, point, seeds[0], "search"))
         stage1.append({"kind": "linear_cca", "data": s, "method": "(a) linear CCA on raw features", "seed": None})
@@ -410,7 +411,7 @@ def summarise(results, chosen, setups, info) -> dict:
         a = lin[0]["auto"]
         block = [row("(a) linear CCA on raw features", lin, "auto", f"ridge {a['reg']:g}, dim {a['dim']} (deterministic)")]
         e = st["epochs"][HSC]
-        for b, label in BASELINES.items():
+        for b, label in ((b, BASELINES[b]) for b in info["baselines"]):
             who = ""
             if b == "dccae":
                 who = f" ({info['dccae']}, lam 0.5)" if info["dccae"] else " (ours: recon + DCCA, mask 0, weights 1:1)"
@@ -536,9 +537,10 @@ def render(tables, info, command, header, title="## 6. Retrieval quality (`bench
              "mean ± sample std over seeds; mAP = mean of audio->visual and visual->audio, relevant = same label",
              "- epochs: " + "; ".join(f"{st['data']} ({st['n_train']} train clips): "
                                       + ", ".join(f"{n} {e}" for n, e in st["epochs"].items()) for st in setups),
-             "- DCCAE: " + (f"cca-zoo's `DCCAE` ({info['dccae']}, installed in a separate virtual environment that reuses "
+             ("- DCCAE: not run (--baselines " + ",".join(info["baselines"]) + ")" if "dccae" not in info["baselines"] else
+              "- DCCAE: " + (f"cca-zoo's `DCCAE` ({info['dccae']}, installed in a separate virtual environment that reuses "
                             "our torch; run by bench/dccae_ccazoo.py)" if info["dccae"] else
-                            "our code (use_recon + use_dcca, mask_ratio 0, fixed weights; cca-zoo not given)"),
+                            "our code (use_recon + use_dcca, mask_ratio 0, fixed weights; cca-zoo not given)")),
              "- (b) and (c) hyperparameters come from their own searches below (seed 0, chosen on val separately for "
              "each scoring); fit()'s per-epoch validation is skipped (it never influences training).",
              "- lead > 2 sd: whether the shipped config's lead over that row exceeds twice the standard deviation of a "
@@ -569,6 +571,8 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict]]:
     p.add_argument("--data", action="append", default=None, metavar="SRC",
                    help="'synthetic' (ave + vegas), 'real' (bench/real_data.py's sets) or a source; repeatable "
                         "(default: synthetic and real)")
+    p.add_argument("--baselines", default=",".join(BASELINES),
+                   help=f"comma-separated deep baselines to run (default: {','.join(BASELINES)})")
     p.add_argument("--no-ablation", action="store_true", help="skip the ablation of the shipped config")
     p.add_argument("--cache", default=None, metavar="DIR",
                    help="keep every run's scores in DIR and reuse identical runs (to add a row later without "
@@ -577,6 +581,9 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict]]:
                    help="row (f) on data set DATA (a folder's base name, e.g. sk_digits_halves): the best config "
                         "of a search on it, 3 seeds; repeatable")
     args = p.parse_args(argv)
+    args.baselines = [b for b in args.baselines.split(",") if b]
+    if not args.baselines or set(args.baselines) - set(BASELINES):
+        p.error(f"--baselines {','.join(args.baselines)!r}: expected a comma-separated subset of {','.join(BASELINES)}")
     args.winners = []
     for w in args.winner:
         name, sep, path = w.partition("=")
