@@ -182,7 +182,7 @@ def _main(argv: list[str], interrupts: Interrupts) -> int:
 
             ray.shutdown()
             return 2
-        run["max_concurrent"] = run["max_concurrent"] or slots
+        run["max_concurrent"] = plan["max_concurrent"] = run["max_concurrent"] or slots
         print(f"[hscmae] {gpus:g} GPU(s) and {cpus} CPU(s) per trial: {run['max_concurrent']} trial(s) at once",
               flush=True)
     t0 = time.time()
