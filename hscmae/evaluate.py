@@ -113,21 +113,7 @@ def protocol_scores(za: np.ndarray, zv: np.ndarray, data: Dataset, cfg: Config,
 
 
 def evaluate_checkpoint(cfg: Config, data: Dataset, checkpoint: str) -> dict[str, float]:
-    from hscmae.device import resolve_device
-    from hscmae.train import ARCH_KEYS, CheckpointError, build_model, config_diff, load_checkpoint
+    from hscmae.export import load_model
 
-    device = resolve_device(cfg)
-    state = load_checkpoint(checkpoint, map_location=device)
-    diff = config_diff(state, cfg, ARCH_KEYS)
-    if "proj_dim" in diff and not cfg.proj_head and "proj_head" not in diff:
-        diff.remove("proj_dim")  # no head on either side: its width builds nothing
-    if diff:
-        raise CheckpointError(f"{checkpoint}: saved with a different architecture (keys {diff})")
-    model = build_model(cfg, data).to(device)
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as e:  # e.g. the data's feature dimensions differ from the checkpoint's
-        raise CheckpointError(f"{checkpoint}: weights do not fit this model and data "
-                              f"({str(e).splitlines()[0][:200]})") from None
-    za, zv = embed_all(model, data, cfg.eval_encoder)
+    za, zv = embed_all(load_model(cfg, data, checkpoint), data, cfg.eval_encoder)
     return protocol_scores(za, zv, data, cfg, splits=("val", "test"))

@@ -48,16 +48,20 @@ def check_writable(folder: str) -> None:
 
 
 def load_model(cfg: Config, data: Dataset, checkpoint: str):
-    """The checkpoint's model, refusing one whose architecture or input sizes differ from cfg's."""
+    """The checkpoint's model on cfg's device, refusing one whose architecture or input sizes differ
+    from cfg's (hscmae.evaluate.evaluate_checkpoint and the export both load through here)."""
     from hscmae.device import resolve_device
     from hscmae.train import ARCH_KEYS, CheckpointError, build_model, config_diff, load_checkpoint, saved_config
 
-    device = resolve_device(cfg)  # as evaluate_checkpoint: embeddings are computed there, returned to numpy
+    device = resolve_device(cfg)  # embeddings are computed there, returned to numpy
     state = load_checkpoint(checkpoint, map_location=device)
-    saved = saved_config(state)
-    diff = [f"{k}: checkpoint {saved.get(k)!r}, config {getattr(cfg, k)!r}" for k in config_diff(state, cfg, ARCH_KEYS)]
-    if diff:
-        raise CheckpointError(f"{checkpoint}: does not match the config ({'; '.join(diff)})")
+    keys = config_diff(state, cfg, ARCH_KEYS)
+    if "proj_dim" in keys and not cfg.proj_head and "proj_head" not in keys:
+        keys.remove("proj_dim")  # no head on either side: its width builds nothing
+    if keys:
+        saved = saved_config(state)
+        detail = "; ".join(f"{k}: checkpoint {saved.get(k)!r}, config {getattr(cfg, k)!r}" for k in keys)
+        raise CheckpointError(f"{checkpoint}: saved with a different architecture (keys {keys}): {detail}")
     model = build_model(cfg, data).to(device)
     try:
         model.load_state_dict(state["model"])

@@ -1,7 +1,6 @@
 """Component ablation: retrain the best config with each part off, as Ray tasks."""
 from __future__ import annotations
 
-import os
 import signal
 import time
 
@@ -9,7 +8,7 @@ import pandas as pd
 
 from hscmae import ablation
 from hscmae.config import config_from_dict
-from reporting.experiment import Experiment, ReportError, _read_json
+from reporting.experiment import Experiment, ReportError, load_search_data
 from reporting.frames import _frame, to_parquet_bytes
 from reporting.tables import component_markdown_latex
 from reporting.writing import _write
@@ -17,19 +16,11 @@ from reporting.writing import _write
 
 def run_ablation(exp: Experiment, out: str, best: pd.Series | None, seeds: int, epochs: int | None,
                  address: str | None, num_cpus: int | None, log=print, gpus_per_task: float = 0.0) -> list[str]:
-    from hscmae.data import load_data_for
-
     if best is None:
         raise ReportError(f"{exp.path}: no trial with a validation score, so no best config to ablate")
     cfg = config_from_dict(exp.full_config(best))
     runs = ablation.ablation_runs(cfg, seeds, epochs)
-    data = load_data_for(cfg)
-    recorded = os.path.join(exp.path, "data.json")
-    if os.path.exists(recorded):
-        fp = _read_json(recorded, "").get("fingerprint")
-        if fp and fp != data.fingerprint():
-            raise ReportError(f"{recorded}: the search ran on different data than {cfg.data} loads here "
-                              "(fingerprints differ); the ablation would not be comparable")
+    data = load_search_data(exp, cfg, "the ablation would not be comparable")
     for r in runs:
         if r.config is not None:
             r.config.validate(n_train=len(data.splits["train"]))

@@ -297,3 +297,18 @@ def load_experiment(arg: str) -> Experiment:
     return Experiment(path=path, name=os.path.basename(path), space=space, base=base, max_epochs=max_epochs,
                       trials=trials, curves=curves, params=params, notes=notes)
 
+
+
+def load_search_data(exp: Experiment, cfg, purpose: str):
+    """The data set `cfg` loads here, refused (ReportError) when it is not what the search ran on
+    (data.json's fingerprint): `purpose` says what would not be comparable."""
+    from hscmae.data import load_data_for
+
+    data = load_data_for(cfg)
+    recorded = os.path.join(exp.path, "data.json")
+    if os.path.exists(recorded):
+        fp = _read_json(recorded, "").get("fingerprint")
+        if fp and fp != data.fingerprint():
+            raise ReportError(f"{recorded}: the search ran on different data than {cfg.data} loads here "
+                              f"(fingerprints differ); {purpose}")
+    return data

@@ -17,7 +17,7 @@ import re
 import numpy as np
 import pandas as pd
 
-from reporting.experiment import Experiment, ReportError, _read_json
+from reporting.experiment import Experiment, ReportError, load_search_data
 from reporting.frames import _frame
 
 TSNE_MAX_CLIPS = 1000  # test clips in the map (x 2 modalities); more are subsampled with seed 0
@@ -43,18 +43,11 @@ def last_checkpoint(trial_folder: str) -> str | None:
 def best_model(exp: Experiment, best: pd.Series, how: str = "checkpoint", log=print):
     """(cfg, data, model, where the model came from)."""
     from hscmae.config import config_from_dict
-    from hscmae.data import load_data_for
     from hscmae.export import require_classes
     from hscmae.train import CheckpointError, build_model, fit, load_checkpoint, saved_config
 
     cfg = config_from_dict(exp.full_config(best))
-    data = load_data_for(cfg)
-    recorded = os.path.join(exp.path, "data.json")
-    if os.path.exists(recorded):
-        fp = _read_json(recorded, "").get("fingerprint")
-        if fp and fp != data.fingerprint():
-            raise ReportError(f"{recorded}: the search ran on different data than {cfg.data} loads here "
-                              "(fingerprints differ); its model cannot be evaluated on it")
+    data = load_search_data(exp, cfg, "its model cannot be evaluated on it")
     require_classes(data, cfg.data)
     ckpt = last_checkpoint(os.path.join(exp.path, best["trial_dir"])) if how == "checkpoint" else None
     if ckpt is None:
