@@ -27,6 +27,7 @@ from hscmae.config import Config, ConfigError, load_config
 from hscmae.data import DataError, load_data_for
 from harness import METRIC, MODE, UsageError, asha_rungs, study
 from harness.callbacks import make_progress_callback
+from harness.tune_state import atomic_experiment_state
 from harness.interrupt import Interrupts, caused_by_signal, count_trials, leave_now, saved_trial_states
 from harness.ray_setup import check_gpus_per_trial, gpu_slots, init_ray
 from harness.storage import check_storage, experiment_path, read_text, versions, write_metadata
@@ -171,6 +172,7 @@ def _main(argv: list[str], interrupts: Interrupts) -> int:
                              grid_epochs=asha_rungs(grace, rf, max_epochs)),  # val_map there = final protocol
         {"cpu": cpus, **({"gpu": gpus} if gpus else {})})
     interrupts.search = dict(exp=exp, num_samples=run["num_samples"], max_epochs=max_epochs)
+    atomic_experiment_state()  # a SIGKILL mid-save must not leave an empty experiment state
     init_ray(args.address)
     interrupts.install()  # ray.init replaced our SIGTERM handler (with one that saves nothing)
     if gpus:
