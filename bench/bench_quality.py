@@ -145,11 +145,15 @@ def _fit_both_scorings(cfg, data) -> tuple[dict, dict]:
         captured["off"] = orig(za, zv, data_, dataclasses.replace(cfg_, test_cca="off"), splits, *rest)
         return orig(za, zv, data_, cfg_, splits, *rest)
 
-    T.protocol_scores = scores
+    def held(za, zv, data_, cfg_, choice, splits=("val",)):
+        return scores(za, zv, data_, cfg_, splits)
+
+    orig_held = T.held_scores
+    T.protocol_scores, T.held_scores = scores, held
     try:
         final = T.fit(cfg, data, log=None)
     finally:
-        T.protocol_scores = orig
+        T.protocol_scores, T.held_scores = orig, orig_held
     return final, captured["off"]
 
 

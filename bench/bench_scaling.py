@@ -55,7 +55,7 @@ def epoch_time(n: int, epochs: int) -> dict[str, float]:
     data = load_data(f"synthetic:ave,n={n}")
     cfg = load_config(CONFIG, {"epochs": epochs, "threads": 1, "data": f"synthetic:ave,n={n}"})
     spent = {"eval": 0.0}
-    orig_embed, orig_scores = T.embed_all, T.protocol_scores
+    orig_embed, orig_scores, orig_held = T.embed_all, T.protocol_scores, T.held_scores
 
     def timed(fn):
         def wrapper(*a, **k):
@@ -72,11 +72,11 @@ def epoch_time(n: int, epochs: int) -> dict[str, float]:
         epochs_seen.append((metrics["epoch_time_s"], spent["eval"]))
         spent["eval"] = 0.0
 
-    T.embed_all, T.protocol_scores = timed(orig_embed), timed(orig_scores)
+    T.embed_all, T.protocol_scores, T.held_scores = timed(orig_embed), timed(orig_scores), timed(orig_held)
     try:
         T.fit(cfg, data, on_epoch=on_epoch, log=None)
     finally:
-        T.embed_all, T.protocol_scores = orig_embed, orig_scores
+        T.embed_all, T.protocol_scores, T.held_scores = orig_embed, orig_scores, orig_held
     total, ev = epochs_seen[-1]
     return {"train": len(data.splits["train"]), "epoch": total, "eval": ev, "loop": total - ev}
 

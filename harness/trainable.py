@@ -8,7 +8,7 @@ from search_spaces import trial_config
 
 
 def run_trial(params: dict, data=None, base: dict | None = None, fixed: dict | None = None,
-              checkpoint_every: int = 5, cpus: int = 1, grid_epochs: tuple = ()) -> None:
+              checkpoint_every: int = 5, cpus: int = 1, grid_epochs: tuple | None = None) -> None:
     import shutil
 
     import torch
@@ -42,7 +42,8 @@ def run_trial(params: dict, data=None, base: dict | None = None, fixed: dict | N
             tune.report(metrics)
 
     try:
-        # grid_epochs: ASHA's rungs, where the reported val_map also chooses the test-time CCA's ridge
+        # grid_epochs: ASHA's rungs, where the reported val_map is the final evaluation's protocol
+        # (test-time CCA chosen on val); the epochs between keep the latest choice
         fit(cfg, data, on_epoch=on_epoch, resume_from=resume, log=None, grid_epochs=grid_epochs)
     except CheckpointError as e:  # name the trial's checkpoint, not our temporary copy of it
         if resume is None:

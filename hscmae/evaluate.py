@@ -5,17 +5,20 @@ embeddings and project; within a split, audio queries search that split's visual
 versa (relevant = same label). With test_cca="auto" the choice between raw and CCA-projected
 embeddings is made on the validation split and then applied to test, never chosen on test.
 
-Every score, per-epoch progress and final evaluation alike, chooses the test-time CCA's dimension
-on validation from the grid the linear-CCA baseline is tuned on (`hscmae.cca.CCA_DIMS`): the number
-of useful canonical directions follows the number of semantic classes (~16 on 10 classes, ~32 on
-28), and a fixed one was a handicap the baseline did not have; a per-epoch score with a fixed
-dimension also ranked trials differently from the final one, so ASHA cut on the wrong number. The
-dimensions are nested (one fit per ridge gives all of them), so the sweep at one ridge costs one
-fit plus a few validation mAPs. The ridge is chosen from `CCA_REGS` too wherever `regs` is the full
-grid: always in the final evaluation; in training at the last epoch and at the epochs the caller
-names (a search's ASHA rungs), the other epochs sweep the dimension at ridge 1e-3 only
-(`SWEEP_CCA_REG`: the ridge grid costs ~50 validation mAPs, more than an epoch). test_cca_dim > 0
-fixes the dimension (ridge 1e-3) everywhere.
+The final evaluation chooses the test-time CCA on validation from the grid the linear-CCA baseline
+is tuned on: its dimension from `hscmae.cca.CCA_DIMS` (the number of useful canonical directions
+follows the number of semantic classes, ~16 on 10 classes, ~32 on 28: a fixed one was a handicap
+the baseline did not have) and its ridge from `CCA_REGS`; with test_cca="auto" also raw vs CCA.
+The dimensions are nested (one fit per ridge gives all of them).
+
+Training reports a val_map every epoch, and a search's scheduler cuts trials on it, so it must
+rank trials as the final one does (issue 13). `fit` therefore scores with this same protocol
+(`protocol_scores`, the full grid) at its choice epochs: the first, a search's ASHA rungs (where
+trials are cut) and the last; at the epochs between, the choice made at the latest of those
+(raw or CCA, ridge, dimension) is kept and only refitted on the new embeddings (`held_scores`:
+one fit, one validation score). The grid costs ~50 validation mAPs, more than an epoch on large
+validation splits, and a dimension sweep every epoch still ~10 (bench/bench_eval.py).
+test_cca_dim > 0 fixes the dimension (ridge 1e-3, `SWEEP_CCA_REG`) everywhere.
 
     python -m hscmae.eval --config FILE --checkpoint PATH [--data SRC] [--out DIR]
 """
@@ -29,8 +32,19 @@ from hscmae.config import Config
 from hscmae.data import Dataset
 from hscmae.metrics import retrieval_map_pair
 
-# the one ridge of a dimension-only sweep (module docstring), and of a fixed test_cca_dim
+# the ridge of a fixed test_cca_dim (and of bench_eval's dimension-only sweep)
 SWEEP_CCA_REG = 1e-3
+
+
+def choice_epochs(epochs: int, first: int = 10, factor: int = 3) -> list[int]:
+    """Where a standalone run re-chooses its test-time CCA (first, first*factor, ... below
+    `epochs`; plus the first and last epoch, which fit always adds): the rungs of the default
+    search space's ASHA (grace 10, rf 3), so a standalone history matches a trial's there."""
+    out, e = [], first
+    while e < epochs:
+        out.append(e)
+        e *= factor
+    return out
 
 
 @torch.no_grad()
@@ -55,10 +69,10 @@ def split_scores(za: np.ndarray, zv: np.ndarray, data: Dataset, split: str) -> d
     return retrieval_map_pair(za[idx], zv[idx], data.labels[idx])
 
 
-def best_linear_cca(xa: np.ndarray, xv: np.ndarray, data: Dataset, regs=CCA_REGS, dims=CCA_DIMS):
-    """The linear CCA (fitted on the train split) whose projection scores the highest validation
-    mean mAP over regs x dims. Returns (val mAP, reg, dim, projected xa, projected xv); ties go to
-    the smaller ridge, then the smaller dimension (the earlier grid point)."""
+def _grid(xa: np.ndarray, xv: np.ndarray, data: Dataset, regs, dims):
+    """(validation scores, reg, dim, projected xa, projected xv) of the linear CCA (fitted on the
+    train split) with the highest validation mean mAP over regs x dims; ties go to the smaller
+    ridge, then the smaller dimension (the earlier grid point)."""
     tr = data.splits["train"]
     top = min(max(dims), xa.shape[1], xv.shape[1])
     best = None
@@ -68,10 +82,29 @@ def best_linear_cca(xa: np.ndarray, xv: np.ndarray, data: Dataset, regs=CCA_REGS
         for dim in dims:
             if dim > top:
                 continue
-            val = split_scores(pa[:, :dim], pv[:, :dim], data, "val")["map"]
-            if best is None or val > best[0]:
+            val = split_scores(pa[:, :dim], pv[:, :dim], data, "val")
+            if best is None or val["map"] > best[0]["map"]:
                 best = (val, reg, dim, pa[:, :dim], pv[:, :dim])
     return best
+
+
+def best_linear_cca(xa: np.ndarray, xv: np.ndarray, data: Dataset, regs=CCA_REGS, dims=CCA_DIMS):
+    """The linear CCA (fitted on the train split) whose projection scores the highest validation
+    mean mAP over regs x dims. Returns (val mAP, reg, dim, projected xa, projected xv); ties go to
+    the smaller ridge, then the smaller dimension (the earlier grid point)."""
+    val, *rest = _grid(xa, xv, data, regs, dims)
+    return (val["map"], *rest)
+
+
+def _scores_of(pa, pv, data: Dataset, splits, use: tuple, known: dict | None = None) -> dict[str, float]:
+    """protocol_scores' output for the variant `use` = (reg, dim) ((0, 0) = raw), projected to
+    (pa, pv); `known`: its validation scores when already computed."""
+    out: dict[str, float] = {"test_cca": float(use[1] > 0), "test_cca_reg": float(use[0]), "test_cca_dim": float(use[1])}
+    for split in splits:
+        scores = known if split == "val" and known is not None else split_scores(pa, pv, data, split)
+        for key, value in scores.items():
+            out[f"{split}_{key}"] = value
+    return out
 
 
 def protocol_scores(za: np.ndarray, zv: np.ndarray, data: Dataset, cfg: Config,
@@ -83,33 +116,47 @@ def protocol_scores(za: np.ndarray, zv: np.ndarray, data: Dataset, cfg: Config,
     Returns {f"{split}_map", f"{split}_map_a2v", f"{split}_map_v2a", ..., "test_cca": 0/1,
     "test_cca_reg", "test_cca_dim" (0 when raw)}."""
     variants = {}  # (reg, dim) -> projected embeddings; (0, 0) = raw
-    val: dict[tuple, float] = {}
+    val: dict[tuple, dict] = {}  # (reg, dim) -> its validation scores, where computed
     if cfg.test_cca in ("off", "auto"):
         variants[(0.0, 0)] = (za, zv)
     if cfg.test_cca in ("on", "auto"):
         try:
             if not cfg.test_cca_dim:
-                score, reg, dim, pa, pv = best_linear_cca(za, zv, data, regs)
-                variants[(reg, dim)], val[(reg, dim)] = (pa, pv), score
+                scores, reg, dim, pa, pv = _grid(za, zv, data, regs, CCA_DIMS)
+                variants[(reg, dim)], val[(reg, dim)] = (pa, pv), scores
             else:
-                dim = cfg.test_cca_dim
-                cca = fit_linear_cca(za[data.splits["train"]], zv[data.splits["train"]], dim, SWEEP_CCA_REG)
-                variants[(SWEEP_CCA_REG, dim)] = (cca.transform_x(za), cca.transform_y(zv))
+                variants[(SWEEP_CCA_REG, cfg.test_cca_dim)] = _project(za, zv, data, SWEEP_CCA_REG, cfg.test_cca_dim)
         except (ValueError, np.linalg.LinAlgError):
             if cfg.test_cca == "on":
                 raise
     if len(variants) > 1:  # choose on validation only; a tie keeps the raw embeddings
         for key, v in variants.items():
             if key not in val:
-                val[key] = split_scores(*v, data, "val")["map"]
-        use = max(val, key=lambda c: (val[c], -c[1]))
+                val[key] = split_scores(*v, data, "val")
+        use = max(val, key=lambda c: (val[c]["map"], -c[1]))
     else:
         use = next(iter(variants))
-    out: dict[str, float] = {"test_cca": float(use[1] > 0), "test_cca_reg": float(use[0]), "test_cca_dim": float(use[1])}
-    for split in splits:
-        for key, value in split_scores(*variants[use], data, split).items():
-            out[f"{split}_{key}"] = value
-    return out
+    return _scores_of(*variants[use], data, splits, use, val.get(use))
+
+
+def _project(za, zv, data: Dataset, reg: float, dim: int):
+    cca = fit_linear_cca(za[data.splits["train"]], zv[data.splits["train"]], dim, reg)
+    return cca.transform_x(za), cca.transform_y(zv)
+
+
+def held_scores(za: np.ndarray, zv: np.ndarray, data: Dataset, cfg: Config, choice: tuple,
+                splits=("val",)) -> dict[str, float]:
+    """Scores of the embeddings under an earlier choice of `protocol_scores`: choice = (its
+    test_cca_reg, test_cca_dim), (0, 0) = raw; the CCA is refitted on these embeddings' train
+    split. Where that fit fails and test_cca is not "on", raw (as protocol_scores falls back)."""
+    reg, dim = float(choice[0]), int(choice[1])
+    if dim:
+        try:
+            return _scores_of(*_project(za, zv, data, reg, dim), data, splits, (reg, dim))
+        except (ValueError, np.linalg.LinAlgError):
+            if cfg.test_cca == "on":
+                raise
+    return _scores_of(za, zv, data, splits, (0.0, 0))
 
 
 def evaluate_checkpoint(cfg: Config, data: Dataset, checkpoint: str) -> dict[str, float]:

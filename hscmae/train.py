@@ -23,9 +23,8 @@ from hscmae import losses as L
 from hscmae import schedule as S
 from hscmae.config import RUNTIME_KEYS, Config, ConfigError, load_config, save_config
 from hscmae.data import Dataset, DataError, load_data_for
-from hscmae.cca import CCA_REGS
 from hscmae.device import resolve_device, setup_device
-from hscmae.evaluate import SWEEP_CCA_REG, embed_all, protocol_scores
+from hscmae.evaluate import choice_epochs, embed_all, held_scores, protocol_scores
 from hscmae.history import HISTORY, append_history, truncate_history, write_fig_training
 from hscmae.io import atomic_write, atomic_write_json
 from hscmae.model import HSCMAE
@@ -246,7 +245,7 @@ def make_forward(cfg: Config, device: torch.device) -> Callable:
 
 def fit(cfg: Config, data: Dataset, *, on_epoch: Callable | None = None, resume_from: str | None = None,
         out_dir: str | None = None, log: Callable[[str], None] | None = print,
-        grid_epochs: Collection[int] = ()) -> dict:
+        grid_epochs: Collection[int] | None = None) -> dict:
     """Train for cfg.epochs epochs, evaluating on validation after each; return final metrics,
     test included.
 
@@ -254,9 +253,10 @@ def fit(cfg: Config, data: Dataset, *, on_epoch: Callable | None = None, resume_
     ("epoch" 1-based, val_map[_a2v|_v2a], the loss terms, the learned weights; the last epoch also
     has the test scores) and a function that writes a full checkpoint atomically to a path it is
     given; returning True stops training. resume_from: a checkpoint file; training continues from
-    the epoch after it and ends bit-identical to an uninterrupted run. Every val_map chooses the
-    test-time CCA's dimension on validation; grid_epochs (a search's ASHA rungs) and the last epoch
-    also choose its ridge, as the final evaluation does (hscmae.evaluate's docstring)."""
+    the epoch after it and ends bit-identical to an uninterrupted run. val_map is the final
+    evaluation's protocol (test-time CCA chosen on validation) at the first and last epoch and at
+    grid_epochs (a search passes its ASHA rungs; None: `choice_epochs`, the default space's rungs);
+    the epochs between keep the latest choice (hscmae.evaluate's docstring)."""
     n_train = len(data.splits["train"])
     cfg.validate(n_train=n_train)
     device = resolve_device(cfg)  # "auto" is resolved here, in the process that trains
@@ -265,6 +265,7 @@ def fit(cfg: Config, data: Dataset, *, on_epoch: Callable | None = None, resume_
         torch.set_num_threads(cfg.threads)
     model, log_vars, opt, gen = build_training(cfg, data, device)
     start_epoch = 0
+    held = None  # the test-time CCA choice the epochs between choice epochs keep: (reg, dim)
     if resume_from:
         state = load_checkpoint(resume_from, map_location=device)
         diff = config_diff(state, cfg)
@@ -275,6 +276,7 @@ def fit(cfg: Config, data: Dataset, *, on_epoch: Callable | None = None, resume_
         for k, v in (log_vars or {}).items():
             v.data.copy_(state["log_vars"][k])
         start_epoch = state["epoch"]
+        held = state.get("val_choice")  # older checkpoints: none, so the next epoch chooses
         saved_on = state.get("generator_device", "cpu")  # checkpoints before this key: CPU runs
         if saved_on == device.type:
             gen.set_state(state["generator"].cpu())
@@ -290,7 +292,7 @@ def fit(cfg: Config, data: Dataset, *, on_epoch: Callable | None = None, resume_
         return {"model": _to_cpu(model.state_dict()), "optimizer": _to_cpu(opt.state_dict()),
                 "log_vars": {k: v.detach().cpu().clone() for k, v in (log_vars or {}).items()},
                 "epoch": epoch, "generator": gen.get_state(), "generator_device": device.type,
-                "config": cfg.to_dict()}
+                "config": cfg.to_dict(), "val_choice": held}
 
     forward = make_forward(cfg, device)
     # Preloaded tensors indexed by a permutation: no DataLoader, no per-sample Python; index_select
@@ -300,6 +302,7 @@ def fit(cfg: Config, data: Dataset, *, on_epoch: Callable | None = None, resume_
     train_idx = torch.from_numpy(data.splits["train"]).to(device)
     b = cfg.batch_size
     n_batches = n_train // b  # drop the ragged last batch: DCCA needs batch > cca_dim
+    choose_at = {1, cfg.epochs, *(choice_epochs(cfg.epochs) if grid_epochs is None else grid_epochs)}
     metrics: dict = {}
     for epoch in range(start_epoch + 1, cfg.epochs + 1):
         t0 = time.perf_counter()
@@ -316,9 +319,12 @@ def fit(cfg: Config, data: Dataset, *, on_epoch: Callable | None = None, resume_
         # the last epoch's report carries the test scores too: a scheduler may stop the trial
         # right at that report, so nothing after it is guaranteed to be seen
         splits = ("val", "test") if epoch == cfg.epochs else ("val",)
-        regs = CCA_REGS if epoch == cfg.epochs or epoch in grid_epochs else (SWEEP_CCA_REG,)
-        metrics = {"epoch": epoch, **sums.means(),
-                   **protocol_scores(za, zv, data, cfg, splits, regs), "epoch_time_s": time.perf_counter() - t0}
+        if epoch in choose_at or held is None:
+            scores = protocol_scores(za, zv, data, cfg, splits)
+            held = [scores["test_cca_reg"], int(scores["test_cca_dim"])]
+        else:
+            scores = held_scores(za, zv, data, cfg, held, splits)
+        metrics = {"epoch": epoch, **sums.means(), **scores, "epoch_time_s": time.perf_counter() - t0}
         if log:
             log(f"epoch {epoch:3d}/{cfg.epochs}  loss {metrics['loss']:.4f}  val_map {metrics['val_map']:.4f} "
                 f"(a2v {metrics['val_map_a2v']:.4f}, v2a {metrics['val_map_v2a']:.4f})  "

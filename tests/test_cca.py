@@ -169,7 +169,7 @@ def test_final_evaluation_chooses_the_test_time_cca_on_validation_only():
 
     from hscmae.config import Config
     from hscmae.data import load_data
-    from hscmae.evaluate import best_linear_cca, protocol_scores
+    from hscmae.evaluate import best_linear_cca, held_scores, protocol_scores
 
     data = load_data("synthetic:tiny")
     rng = np.random.default_rng(1)  # stand-ins for learned embeddings: noisy random maps of the features
@@ -193,7 +193,13 @@ def test_final_evaluation_chooses_the_test_time_cca_on_validation_only():
     out = protocol_scores(za, zv, data, dataclasses.replace(Config(embed_dim=24), test_cca="on"), splits=("val", "test"))
     assert (out["test_cca_reg"], out["test_cca_dim"]) == choice
     assert out["test_map"] == pytest.approx(full[choice][1], abs=1e-6)
-    # per-epoch progress between ASHA rungs sweeps the dimension at ridge 1e-3 only
+    # an earlier choice kept (fit's epochs between choice epochs): refitted, scored, never re-chosen
+    held = held_scores(za, zv, data, dataclasses.replace(Config(embed_dim=24), test_cca="on"), (3.0, 8),
+                       splits=("val", "test"))
+    assert (held["test_cca_reg"], held["test_cca_dim"]) == (3.0, 8) and held["test_cca"] == 1.0
+    assert held["val_map"] == pytest.approx(full[(3.0, 8)][0], abs=1e-6)
+    assert held["test_map"] == pytest.approx(full[(3.0, 8)][1], abs=1e-6)
+    # regs narrows the grid to one ridge: the dimension is still chosen on validation
     sweep = {k: v for k, v in full.items() if k[0] == 1e-3}
     out = protocol_scores(za, zv, data, dataclasses.replace(Config(embed_dim=24), test_cca="on"), splits=("val",),
                           regs=(1e-3,))

@@ -1,5 +1,6 @@
-"""Every val_map a trial reports follows the final evaluation's protocol: the test-time CCA's
-dimension chosen on validation every epoch, its ridge too at ASHA's rungs and at the last epoch.
+"""Every val_map a trial reports follows the final evaluation's protocol: the test-time CCA (raw or
+CCA, ridge, dimension) chosen on validation at the first epoch, at ASHA's rungs and at the last;
+the epochs between keep the latest choice, refitted on their own embeddings.
 
 The reference is independent of hscmae.cca / hscmae.metrics: canonical directions from scipy's
 generalised symmetric eigenproblem, mAP from scikit-learn one query at a time.
@@ -16,7 +17,7 @@ from hscmae.data import load_data
 
 D = 32  # fixture embedding width; the old per-epoch CCA used dim min(embed_dim, 64) = 32
 TINY = dict(data="synthetic:tiny", hidden_dim=32, embed_dim=D, cca_dim=4, top_k=3, batch_size=64,
-            epochs=3, threads=1, test_cca="auto")
+            epochs=4, threads=1, test_cca="auto")
 
 
 @pytest.fixture(scope="module")
@@ -88,42 +89,78 @@ def _reference(data, za, zv, regs, dims):
     return val, best, score(*proj[best], "test")
 
 
-def _fit_reporting(tiny, embeddings, grid_epochs, monkeypatch):
-    """fit() on tiny data, its evaluation fed `embeddings` in place of the model's: the metrics
-    it reports each epoch, as a trial reports them to ASHA."""
-    monkeypatch.setattr(T, "embed_all", lambda model, data, which, **kw: embeddings)
+def _fit_reporting(tiny, embeddings, grid_epochs, monkeypatch, resume_from=None, on_epoch=None):
+    """fit() on tiny data, its evaluation fed `embeddings` (one (audio, visual) pair, or a list
+    with one per epoch from the first trained) in place of the model's: the metrics it reports
+    each epoch, as a trial reports them to ASHA."""
+    queue = list(embeddings) if isinstance(embeddings, list) else None
+    monkeypatch.setattr(T, "embed_all", lambda model, data, which, **kw: queue.pop(0) if queue else embeddings)
     seen = []
-    T.fit(config_from_dict(TINY), tiny, on_epoch=lambda m, save: seen.append(m), log=None, grid_epochs=grid_epochs)
+
+    def record(m, save):
+        seen.append(m)
+        if on_epoch:
+            on_epoch(m, save)
+    T.fit(config_from_dict(TINY), tiny, on_epoch=record, log=None, grid_epochs=grid_epochs, resume_from=resume_from)
     return {m["epoch"]: m for m in seen}
 
 
-def test_asha_rung_scores_follow_the_chosen_dimension_not_the_fixed_one(tiny, monkeypatch):
+@pytest.fixture(scope="module")
+def ref(tiny):
     dims = [d for d in CCA_DIMS if d <= D]
-    ref = {kind: _reference(tiny, *_embeddings(tiny, kind), CCA_REGS, dims) for kind in ("few", "spread")}
+    return {kind: _reference(tiny, *_embeddings(tiny, kind), CCA_REGS, dims) for kind in ("few", "spread")}
 
+
+def test_asha_rung_scores_follow_the_chosen_dimension_not_the_fixed_one(tiny, ref, monkeypatch):
     def val_of(kind, points):
         return max(ref[kind][0][p] for p in points)
 
     fixed = {k: val_of(k, [(0.0, 0), (1e-3, D)]) for k in ref}  # the old per-epoch score: raw or dim 32
     chosen = {k: val_of(k, ref[k][0]) for k in ref}  # the final protocol: raw or the full grid
-    sweep = {k: val_of(k, [(0.0, 0)] + [(1e-3, d) for d in dims]) for k in ref}  # dims at ridge 1e-3
+    sweep = {k: val_of(k, [(0.0, 0)] + [(1e-3, d) for d in CCA_DIMS if d <= D]) for k in ref}  # dims at ridge 1e-3
     # the fixture must rank the two models one way by the fixed dimension and the other by the
-    # chosen one, and the ridge must matter for one of them (so a rung can be told from a sweep)
+    # chosen one, and the ridge must matter for one of them (so a rung's full grid can be told
+    # apart from a dimension sweep at one ridge)
     assert fixed["spread"] > fixed["few"] + 0.01 and chosen["few"] > chosen["spread"] + 0.01
     assert chosen["spread"] > sweep["spread"] + 0.01
 
-    reported = {k: _fit_reporting(tiny, _embeddings(tiny, k), grid_epochs=(2,), monkeypatch=monkeypatch)
+    reported = {k: _fit_reporting(tiny, _embeddings(tiny, k), grid_epochs=(3,), monkeypatch=monkeypatch)
                 for k in ref}
     for k in ref:
-        rung, between, last = reported[k][2], reported[k][1], reported[k][3]
-        assert rung["val_map"] == pytest.approx(chosen[k], abs=1e-6), k
-        assert between["val_map"] == pytest.approx(sweep[k], abs=1e-6), k
-        assert last["val_map"] == pytest.approx(chosen[k], abs=1e-6), k
+        for epoch in (1, 2, 3, 4):  # the same embeddings every epoch: the same score, no step anywhere
+            assert reported[k][epoch]["val_map"] == pytest.approx(chosen[k], abs=1e-6), (k, epoch)
+        rung, last = reported[k][3], reported[k][4]
         assert "test_map" not in rung and "test_map" in last
         _, best, test = ref[k]  # the test score of the val-chosen point
         assert (last["test_cca_reg"], last["test_cca_dim"]) == best and last["test_map"] == pytest.approx(test, abs=1e-6)
     # ASHA at the rung therefore keeps the model the final evaluation prefers
-    assert reported["few"][2]["val_map"] > reported["spread"][2]["val_map"]
+    assert reported["few"][3]["val_map"] > reported["spread"][3]["val_map"]
+
+
+def test_epochs_between_choices_keep_the_latest_choice_and_a_resume_keeps_it_too(tiny, ref, monkeypatch, tmp_path):
+    few, spread = _embeddings(tiny, "few"), _embeddings(tiny, "spread")
+    spread_best, few_best = ref["spread"][1], ref["few"][1]
+    kept = ref["few"][0][spread_best]  # "few" embeddings scored at the point chosen on "spread"
+    assert spread_best != few_best and kept < ref["few"][0][few_best] - 0.01  # a kept choice shows
+
+    # epoch 1 (a choice epoch) sees "spread", then the model "changes" to "few"
+    ckpt = str(tmp_path / "epoch1.pt")
+
+    def keep_first(m, save):
+        if m["epoch"] == 1:
+            save(ckpt)
+    run = _fit_reporting(tiny, [spread, few, few, few], grid_epochs=(3,), monkeypatch=monkeypatch, on_epoch=keep_first)
+    assert run[1]["val_map"] == pytest.approx(max(ref["spread"][0].values()), abs=1e-6)
+    assert (run[2]["test_cca_reg"], run[2]["test_cca_dim"]) == spread_best  # kept, not re-chosen
+    assert run[2]["val_map"] == pytest.approx(kept, abs=1e-6)
+    for epoch in (3, 4):  # the rung and the last epoch choose again
+        assert (run[epoch]["test_cca_reg"], run[epoch]["test_cca_dim"]) == few_best
+        assert run[epoch]["val_map"] == pytest.approx(ref["few"][0][few_best], abs=1e-6)
+
+    resumed = _fit_reporting(tiny, [few, few, few], grid_epochs=(3,), monkeypatch=monkeypatch, resume_from=ckpt)
+    assert sorted(resumed) == [2, 3, 4]
+    for epoch in (2, 3, 4):
+        assert resumed[epoch]["val_map"] == run[epoch]["val_map"], epoch
 
 
 def test_rungs_are_where_tunes_asha_records_scores():
