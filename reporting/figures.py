@@ -65,8 +65,9 @@ def fig_curves(exp: Experiment, best_id: str | None):
     ax.set_xlim(0.5, exp.max_epochs + 0.5)
     ax.grid(alpha=0.3, lw=0.5)
     ax.legend(loc="lower right", frameon=False)
-    # at the rungs and the last epoch val_map also chooses the CCA ridge (hscmae.evaluate's docstring)
-    ax.set_title("Validation curves (dotted: ASHA rungs, CCA ridge chosen)")
+    # at epoch 1, the rungs and the last epoch val_map chooses the test-time CCA afresh, elsewhere it
+    # keeps that choice (hscmae.evaluate's docstring)
+    ax.set_title("Validation curves (dotted: ASHA rungs, test-time CCA chosen)")
     return fig
 
 

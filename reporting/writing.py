@@ -115,9 +115,10 @@ def write_summary(exp: Experiment, out: str, facts: dict) -> None:
     else:
         lines += [f"- Component ablation: not run yet (`python report.py --ablate {exp.path}`).", ""]
     lines += ["## Figures", "",
-              "Validation curves of every trial (× = stopped by ASHA, dotted lines = ASHA rungs). Every point "
-              "chooses the test-time CCA's dimension on validation; at the rungs and the last epoch its ridge "
-              "too (the final evaluation's protocol), elsewhere the ridge is 1e-3:", "",
+              "Validation curves of every trial (× = stopped by ASHA, dotted lines = ASHA rungs). At the first "
+              "epoch, the rungs and the last epoch each point is the final evaluation's protocol (the test-time "
+              "CCA's ridge and dimension chosen on validation); the epochs between keep the latest choice, "
+              "refitted on their own embeddings:", "",
               "![validation curves](fig_curves.png) ([PDF](fig_curves.pdf))", "",
               "Final validation mAP against each searched parameter:", "",
               "![mAP by parameter](fig_params.png) ([PDF](fig_params.pdf))", "",
