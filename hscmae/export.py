@@ -84,15 +84,26 @@ def project_as_chosen(za: np.ndarray, zv: np.ndarray, data: Dataset, scores: dic
     return cca.transform_x(za), cca.transform_y(zv)
 
 
-def protocol_embeddings(model, data: Dataset, cfg: Config) -> dict:
+def protocol_embeddings(model, data: Dataset, cfg: Config, choice=None) -> dict:
     """{audio, visual, audio_cca, visual_cca, scores}: clean-input embeddings of every clip before
-    and after the chosen test-time CCA, and the final evaluation's scores (val and test)."""
-    from hscmae.evaluate import embed_all, protocol_scores
+    and after the chosen test-time CCA, and the final evaluation's scores (val and test).
+    choice: the (ridge, dim) the final evaluation of this very model chose (a final checkpoint's
+    "val_choice"), which skips the ~50 validation scores of choosing again; None: choose."""
+    from hscmae.evaluate import embed_all, held_scores, protocol_scores
 
     za, zv = embed_all(model, data, cfg.eval_encoder)
-    scores = protocol_scores(za, zv, data, cfg, splits=("val", "test"))
+    if choice is None:
+        scores = protocol_scores(za, zv, data, cfg, splits=("val", "test"))
+    else:
+        scores = held_scores(za, zv, data, cfg, choice, splits=("val", "test"))
     pa, pv = project_as_chosen(za, zv, data, scores)
     return {"audio": za, "visual": zv, "audio_cca": pa, "visual_cca": pv, "scores": scores}
+
+
+def final_choice(state: dict, cfg: Config):
+    """The test-time CCA choice of the final evaluation, from a checkpoint saved at the last epoch
+    (fit keeps it as "val_choice"); None for an earlier epoch or an older checkpoint."""
+    return state.get("val_choice") if state.get("epoch") == cfg.epochs else None
 
 
 def write_embeddings(emb: dict, data: Dataset, cfg: Config, folder: str, fmt: str = "npz") -> list[str]:

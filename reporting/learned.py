@@ -41,9 +41,10 @@ def last_checkpoint(trial_folder: str) -> str | None:
 
 
 def best_model(exp: Experiment, best: pd.Series, how: str = "checkpoint", log=print):
-    """(cfg, data, model, where the model came from)."""
+    """(cfg, data, model, where the model came from, its final evaluation's test-time CCA choice
+    or None: `hscmae.export.final_choice`)."""
     from hscmae.config import config_from_dict
-    from hscmae.export import require_classes
+    from hscmae.export import final_choice, require_classes
     from hscmae.train import CheckpointError, build_model, fit, load_checkpoint, saved_config
 
     cfg = config_from_dict(exp.full_config(best))
@@ -75,7 +76,7 @@ def best_model(exp: Experiment, best: pd.Series, how: str = "checkpoint", log=pr
             source += f", saved at epoch {state['epoch']} of {cfg.epochs}"
     model = build_model(cfg, data)
     model.load_state_dict(state["model"])
-    return cfg, data, model, source
+    return cfg, data, model, source, final_choice(state, cfg)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -100,11 +101,11 @@ def learned_numbers(exp: Experiment, best: pd.Series, how: str, dcca_epochs: int
     (--ablate ran) for that many epochs."""
     from hscmae.baselines import dcca_config
     from hscmae.evaluate import best_linear_cca
-    from hscmae.export import protocol_embeddings
+    from hscmae.export import final_choice, protocol_embeddings
     from hscmae.train import build_model, fit
 
-    cfg, data, model, source = best_model(exp, best, how, log)
-    emb = protocol_embeddings(model, data, cfg)
+    cfg, data, model, source, choice = best_model(exp, best, how, log)
+    emb = protocol_embeddings(model, data, cfg, choice)
     methods = {"HSC-MAE": curves_of(emb["audio_cca"], emb["visual_cca"], data)}
     _, reg, dim, la, lv = best_linear_cca(data.audio, data.visual, data)
     methods["linear CCA (raw features)"] = curves_of(la, lv, data)
@@ -119,8 +120,9 @@ def learned_numbers(exp: Experiment, best: pd.Series, how: str, dcca_epochs: int
         with tempfile.TemporaryDirectory(prefix="hscmae-report-") as d:
             fit(dcfg, data, out_dir=d, log=None)
             dmodel = build_model(dcfg, data)
-            dmodel.load_state_dict(load_checkpoint(os.path.join(d, "checkpoint.pt"))["model"])
-        demb = protocol_embeddings(dmodel, data, dcfg)
+            dstate = load_checkpoint(os.path.join(d, "checkpoint.pt"))
+            dmodel.load_state_dict(dstate["model"])
+        demb = protocol_embeddings(dmodel, data, dcfg, final_choice(dstate, dcfg))
         methods["DCCA only"] = curves_of(demb["audio_cca"], demb["visual_cca"], data)
         notes["DCCA only"] = f"the best config with every term but DCCA off, {dcca_epochs} epochs"
     return {"cfg": cfg, "data": data, "emb": emb, "source": source, "methods": methods, "notes": notes}

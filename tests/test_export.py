@@ -113,3 +113,25 @@ def test_bad_input_is_one_error_line(run, tmp_path):
     np.save(one / "labels.npy", np.zeros(200, dtype=np.int64))
     msg = _one_error(_eval(run, "--export", str(tmp_path / "e1"), "--data", str(one)))
     assert "1 class" in msg
+
+
+def test_a_final_checkpoints_kept_choice_gives_the_final_evaluations_numbers(tmp_path):
+    """The report reuses the choice a final checkpoint keeps instead of choosing again; with
+    test_cca auto on a tiny model, the numbers must be fit's own final ones, and sklearn's."""
+    from hscmae.export import final_choice, load_model, protocol_embeddings
+    from hscmae.train import load_checkpoint
+
+    cfg = config_from_dict({**TINY, "test_cca": "auto", "epochs": 3})
+    data = load_data(cfg.data)
+    final = fit(cfg, data, out_dir=str(tmp_path), log=None)
+    state = load_checkpoint(str(tmp_path / "checkpoint.pt"))
+    choice = final_choice(state, cfg)
+    assert choice == [final["test_cca_reg"], final["test_cca_dim"]]
+    emb = protocol_embeddings(load_model(cfg, data, str(tmp_path / "checkpoint.pt")), data, cfg, choice)
+    for key in ("val_map", "test_map", "test_map_a2v", "test_map_v2a", "test_cca_dim", "test_cca_reg"):
+        assert emb["scores"][key] == pytest.approx(final[key], abs=1e-9), key
+    te = data.splits["test"]
+    a, v, lab = emb["audio_cca"][te], emb["visual_cca"][te], data.labels[te]
+    assert (_sk_map(a, v, lab) + _sk_map(v, a, lab)) / 2 == pytest.approx(final["test_map"], abs=1e-6)
+    # an earlier epoch's checkpoint keeps only a between-epochs choice: the report chooses again
+    assert final_choice({**state, "epoch": 2}, cfg) is None
