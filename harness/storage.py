@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import os
 import platform
-import tempfile
 
 from harness import UsageError
-from hscmae.io import atomic_write_text
+from hscmae.io import atomic_write_text, writable_folder_error
 
 
 def experiment_path(storage: str, name: str) -> str:
@@ -27,14 +26,9 @@ def check_storage(storage: str) -> None:
             raise UsageError(f"--storage {storage}: not a usable filesystem URI ({e})") from None
         return
     path = os.path.abspath(storage)
-    try:
-        os.makedirs(path, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-") as f:
-            f.write(b"x" * 65536)
-            f.flush()
-            os.fsync(f.fileno())
-    except OSError as e:
-        raise UsageError(f"--storage {path}: not writable ({e.strerror or e})") from None
+    why = writable_folder_error(path, probe_bytes=65536)
+    if why:
+        raise UsageError(f"--storage {path}: not writable ({why})")
 
 
 def write_metadata(exp: str, files: dict[str, str]) -> None:

@@ -26,9 +26,9 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 
 from harness import UsageError
+from hscmae.io import writable_folder_error
 
 JOURNAL = "optuna-study.journal"  # inside the experiment folder
 RECORD = "study.json"  # what this module records beside Tune's files, checked on --resume
@@ -209,12 +209,9 @@ def check_mlflow(uri: str) -> str:
     if scheme == "file":
         path = os.path.abspath(uri[len("file://"):] if uri.startswith("file://") else
                                uri[len("file:"):] if uri.startswith("file:") else uri)
-        try:
-            os.makedirs(path, exist_ok=True)
-            with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
-                pass
-        except OSError as e:
-            raise UsageError(f"--mlflow {uri}: {path} is not writable ({e.strerror or e})") from None
+        why = writable_folder_error(path)
+        if why:
+            raise UsageError(f"--mlflow {uri}: {path} is not writable ({why})")
         uri = "file://" + path
         # MLflow 3 refuses its file store unless told otherwise; a file: URI given here is that request
         os.environ["MLFLOW_ALLOW_FILE_STORE"] = "true"

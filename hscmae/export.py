@@ -17,14 +17,13 @@ from __future__ import annotations
 import io
 import json
 import os
-import tempfile
 
 import numpy as np
 
 from hscmae.cca import fit_linear_cca
 from hscmae.config import Config
 from hscmae.data import Dataset, DataError
-from hscmae.io import atomic_write
+from hscmae.io import atomic_write, writable_folder_error
 
 class ExportError(ValueError):
     """The export folder cannot be written."""
@@ -39,12 +38,9 @@ def require_classes(data: Dataset, source: str) -> None:
 
 
 def check_writable(folder: str) -> None:
-    try:
-        os.makedirs(folder, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
-            pass
-    except OSError as e:
-        raise ExportError(f"{folder}: export folder is not writable ({e.strerror or e})") from None
+    why = writable_folder_error(folder)
+    if why:
+        raise ExportError(f"{folder}: export folder is not writable ({why})")
 
 
 def load_model(cfg: Config, data: Dataset, checkpoint: str):

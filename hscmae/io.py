@@ -1,4 +1,5 @@
-"""Atomic file writes: a reader (or a resumed run) sees the old file or the new one, never half."""
+"""Atomic file writes: a reader (or a resumed run) sees the old file or the new one, never half;
+and the writability probe every output folder gets before work starts."""
 from __future__ import annotations
 
 import json
@@ -30,3 +31,18 @@ def atomic_write_text(path: str, text: str) -> None:
 
 def atomic_write_json(path: str, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def writable_folder_error(folder: str, probe_bytes: int = 0) -> str | None:
+    """None if `folder` can be created and a file written (and, with probe_bytes, synced) in it;
+    else why not, as the OS says. Every "is this output folder usable" check before work starts."""
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-") as f:
+            if probe_bytes:
+                f.write(b"x" * probe_bytes)
+                f.flush()
+                os.fsync(f.fileno())
+    except OSError as e:
+        return str(e.strerror or e)
+    return None

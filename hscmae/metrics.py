@@ -50,6 +50,20 @@ def _labels(x, name: str, n: int, rows_name: str) -> np.ndarray:
     return a
 
 
+def _query_gallery(query, gallery, query_labels, gallery_labels):
+    """Checked (query, gallery, query labels, gallery labels): 2-D finite real embeddings of one
+    width, in one float dtype; 1-D labels matching their rows."""
+    q = _embeddings(query, "query")
+    g = _embeddings(gallery, "gallery")
+    if q.shape[1] != g.shape[1]:
+        raise ValueError(f"query and gallery dimensions differ: {q.shape[1]} vs {g.shape[1]}")
+    ql = _labels(query_labels, "query_labels", len(q), "query")
+    gl = _labels(gallery_labels, "gallery_labels", len(g), "gallery")
+    if q.dtype != g.dtype:
+        q, g = q.double(), g.double()
+    return q, g, ql, gl
+
+
 def _count_at_or_above(scores: torch.Tensor, r: torch.Tensor, nrel: torch.Tensor) -> torch.Tensor:
     """(m, N) scores; (m, W) each row's relevant scores, ascending, the first nrel[row] real and the
     rest +inf -> (m, W) int64: #{j : scores[:, j] >= r[:, i]} (meaningful for i < nrel[row])."""
@@ -115,16 +129,9 @@ def average_precisions(query, gallery, query_labels, gallery_labels, *, chunk_si
 
     Queries go in chunks of at most `chunk_size`, fewer when the gallery is large so that a chunk
     holds at most 1M scores (about 25 MB of temporaries at the peak)."""
-    q = _embeddings(query, "query")
-    g = _embeddings(gallery, "gallery")
-    if q.shape[1] != g.shape[1]:
-        raise ValueError(f"query and gallery dimensions differ: {q.shape[1]} vs {g.shape[1]}")
-    ql = _labels(query_labels, "query_labels", len(q), "query")
-    gl = _labels(gallery_labels, "gallery_labels", len(g), "gallery")
+    q, g, ql, gl = _query_gallery(query, gallery, query_labels, gallery_labels)
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
-    if q.dtype != g.dtype:
-        q, g = q.double(), g.double()
     ap = np.full(len(q), np.nan)
     if len(q) == 0 or len(g) == 0:
         return ap
@@ -185,20 +192,13 @@ def interpolated_precision(query, gallery, query_labels, gallery_labels, n_point
 
     Returns (recall levels (n_points,), precision (n_queries, n_points) float64, NaN rows for
     queries without any relevant gallery item)."""
-    q = _embeddings(query, "query")
-    g = _embeddings(gallery, "gallery")
-    if q.shape[1] != g.shape[1]:
-        raise ValueError(f"query and gallery dimensions differ: {q.shape[1]} vs {g.shape[1]}")
-    ql = _labels(query_labels, "query_labels", len(q), "query")
-    gl = _labels(gallery_labels, "gallery_labels", len(g), "gallery")
+    q, g, ql, gl = _query_gallery(query, gallery, query_labels, gallery_labels)
     if isinstance(n_points, bool) or not isinstance(n_points, (int, np.integer)) or n_points < 2:
         raise ValueError(f"n_points must be an integer >= 2, got {n_points!r}")
     levels = np.linspace(0.0, 1.0, n_points)
     out = np.full((len(q), n_points), np.nan)
     if len(q) == 0 or len(g) == 0:
         return levels, out
-    if q.dtype != g.dtype:
-        q, g = q.double(), g.double()
     q, g = F.normalize(q, dim=1), F.normalize(g, dim=1)
     _, codes = np.unique(np.concatenate([ql, gl]), return_inverse=True)
     qc, gc = torch.from_numpy(codes[:len(ql)].ravel()), torch.from_numpy(codes[len(ql):].ravel())

@@ -4,12 +4,10 @@ summary.md; the per-class AP, the PR curve and the test mAP agree with scikit-le
 the exported embeddings and with the trial's own reported scores; a checkpoint of another config
 is one error line."""
 import json
-import os
 
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 import yaml
 from sklearn.metrics import average_precision_score, precision_recall_curve
 

@@ -2,7 +2,6 @@
 splits.npz) or, when DEST ends in .h5 / .hdf5, as one of the authors' HDF5 files."""
 from __future__ import annotations
 
-import os
 import sys
 
 import numpy as np
