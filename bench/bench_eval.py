@@ -3,6 +3,7 @@
     python bench/bench_eval.py              # cost on synthetic:ave, synthetic:vegas, the digits halves
     python bench/bench_eval.py --quick      # cost on synthetic:tiny (CI); --no-write leaves BENCHMARKS.md alone
     python bench/bench_eval.py --rank LABEL=EXPERIMENT ...   # rank table from searches' report/curves.parquet
+    python bench/bench_eval.py --study LABEL=EXPERIMENT ...  # every trial's config retrained to the end
 
 Cost: one epoch of `hscmae.train` with config/hsc_mae.yaml at 1 torch thread and 1 BLAS thread
 (what a trial gets with --cpus-per-trial 1); its training steps are timed, then `embed_all`, then
@@ -18,6 +19,14 @@ and what a default-space trial (60 epochs, ASHA rungs 10 and 30) spends per epoc
   now trial      the grid at 1, 10, 30 and 60 (fit's choice epochs), held at the other 56;
                  "excl. final" leaves out the last epoch's grid, which every variant pays
 Every percentage is of that epoch's training-step time (embedding excluded; it is its own column).
+
+Study (--study): a search's ASHA stops most trials, so only a few reach the end and the rank
+correlation of --rank rests on 3-11 points. The study takes the configs of all of a search's
+trials and trains each for all its epochs (no scheduler; fit with that search's rungs as
+grid_epochs, 1 thread, --workers processes), recording at every epoch the val_map fit reports
+(now) and, from the same embeddings, the old per-epoch score (before: raw vs fixed CCA dim 64),
+then the Spearman correlation of each with the final val_map at the rungs and the epoch before
+the last: the same trials, the same training runs, two scores.
 
 Rank: for the trials of a search that ran all epochs, the Spearman correlation between the
 val_map reported at ASHA's rungs and the epoch before the last, and the final val_map (the
@@ -159,6 +168,69 @@ def rank_rows(specs: list[str], retrains: dict | None = None) -> list[dict]:
     return rows
 
 
+def _study_run(args: tuple) -> dict:
+    """One config trained to the end; {epoch: (val_map now, val_map before)}."""
+    cfg_dict, rungs = args
+    from hscmae.config import config_from_dict
+
+    torch.set_num_threads(1)
+    limits = _limit_threads()
+    cfg = config_from_dict({**cfg_dict, "threads": 1})
+    data = load_data_for(cfg)
+    before_cfg = dataclasses.replace(cfg, test_cca_dim=min(cfg.embed_dim, 64))
+    seen, embed = {}, T.embed_all
+
+    def capture(*a, **k):
+        seen["z"] = embed(*a, **k)
+        return seen["z"]
+    out = {}
+
+    def on_epoch(m, save):
+        old = protocol_scores(*seen["z"], data, before_cfg, ("val",))["val_map"]
+        out[m["epoch"]] = (m["val_map"], old)
+    T.embed_all = capture
+    try:
+        T.fit(cfg, data, on_epoch=on_epoch, log=None, grid_epochs=rungs)
+    finally:
+        T.embed_all = embed
+        if limits is not None:
+            limits.unregister()
+    return out
+
+
+def study_rows(specs: list[str], workers: int, max_trials: int | None = None) -> list[dict]:
+    from multiprocessing import get_context
+
+    from scipy.stats import spearmanr
+
+    from reporting.experiment import load_experiment
+
+    rows = []
+    for spec in specs:
+        label, _, path = spec.partition("=")
+        exp = load_experiment(path)
+        rungs = asha_rungs(exp.space.get("grace_period"), exp.space.get("reduction_factor"), exp.max_epochs)
+        trials = exp.trials.sort_values("trial_index").head(max_trials) if max_trials else exp.trials
+        jobs = [({**exp.full_config(t), "epochs": exp.max_epochs}, rungs) for _, t in trials.iterrows()]
+        t0 = time.perf_counter()
+        with get_context("spawn").Pool(workers) as pool:
+            runs = pool.map(_study_run, jobs, chunksize=1)
+        final = [r[exp.max_epochs][0] for r in runs]
+        cells = {"now": [], "before": []}
+        for e in [*rungs, exp.max_epochs - 1]:
+            for j, key in enumerate(("now", "before")):
+                rho = spearmanr([r[e][j] for r in runs], final).statistic
+                cells[key].append(f"{e}: {rho:.2f}")
+        steps = {k: np.mean([r[exp.max_epochs][0] - r[exp.max_epochs - 1][j] for r in runs]) for j, k in
+                 enumerate(("now", "before"))}
+        rows.append({"search": label, "trials retrained to the end": len(runs), "rungs": ", ".join(map(str, rungs)),
+                     "rho now (rungs; last-1)": "; ".join(cells["now"]),
+                     "rho before (rungs; last-1)": "; ".join(cells["before"]),
+                     "step into the last epoch now / before": f"{steps['now']:+.3f} / {steps['before']:+.3f}",
+                     "minutes": f"{(time.perf_counter() - t0) / 60:.1f}"})
+    return rows
+
+
 def cost_section(rows: list[dict], info: str, load, command: str, repeat: int) -> str:
     worst = max(r["now trial %"] for r in rows)
     fmt = {c: ".3f" for c in COLUMNS if c.endswith(" s")} | {c: ".1f" for c in COLUMNS if c.endswith("%")}
@@ -189,7 +261,25 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--retrained", nargs="*", default=[], metavar="LABEL=GLOB",
                    help="with --rank: folders of the winner's seed retrains (python -m hscmae.train --config "
                         "report/best_config.yaml --set seed=S --out DIR), whose metrics.json give test mAP")
+    p.add_argument("--study", nargs="+", metavar="LABEL=EXPERIMENT",
+                   help="retrain every trial of these searches to the end; write the study table instead")
+    p.add_argument("--workers", type=int, default=2, help="with --study: parallel runs (1 thread each)")
+    p.add_argument("--max-trials", type=int, default=None, help="with --study: the first N trials of each search")
     args = p.parse_args(argv)
+    if args.study:
+        rows = study_rows(args.study, args.workers, args.max_trials)
+        cols = list(rows[0])
+        text = "\n".join([
+            "## Per-epoch vs final val_map over every trial of a search (`bench/bench_eval.py --study`)", "",
+            machine_info(), f"- command: `{command_line(argv, __file__)}`",
+            "- every trial's config of that search (its report's trials), trained here for all the search's "
+            "epochs with fit's grid at that search's rungs (1 thread per run); now = the val_map fit reports "
+            "(the final protocol at epoch 1, the rungs and the last epoch, the choice kept between); before = "
+            "the per-epoch score up to issue 13 (raw vs a fixed CCA, ridge 1e-3, dim 64) on the same epoch's "
+            "embeddings. rho: Spearman correlation over the trials with the final (last-epoch) val_map; step: "
+            "mean of the final val_map minus the score at the epoch before.", "", md_table(cols, rows)])
+        publish("bench_eval_study", text, args.no_write)
+        return {"study": rows}
     if args.rank:
         rows = rank_rows(args.rank, dict(r.split("=", 1) for r in args.retrained))
         text = "\n".join([
@@ -198,7 +288,10 @@ def main(argv: list[str] | None = None) -> dict:
             f"- command: `{command_line(argv, __file__)}`",
             "- each search: `python tune_main.py --space default --data <data> --name <name>` (24 trials, TPE seed 0, "
             "ASHA grace 10, rf 3, 60 epochs), then `python report.py`; before = main at af6b832 (fixed CCA dim "
-            "64 per epoch), after = issue 13 (dimension chosen on val every epoch, ridge too at the rungs).",
+            "64 per epoch); sweep = issue 13's first version (dimension chosen on val every epoch at ridge 1e-3, "
+            "the full grid at the rungs and the last epoch); now = the full grid at epoch 1, the rungs and the "
+            "last epoch, the choice kept between. Each search is its own TPE run, so the trials differ; "
+            "`--study` compares the scores on the same trials.",
             "- rho: Spearman correlation over the trials that ran all 60 epochs between the val_map reported at "
             "that epoch and the final (epoch-60) val_map. step: mean over trials of val_map at that epoch minus "
             "the epoch before (the last epoch over the full trials). best: the search's winner (highest final "

@@ -118,7 +118,8 @@ def write_summary(exp: Experiment, out: str, facts: dict) -> None:
               "Validation curves of every trial (× = stopped by ASHA, dotted lines = ASHA rungs). At the first "
               "epoch, the rungs and the last epoch each point is the final evaluation's protocol (the test-time "
               "CCA's ridge and dimension chosen on validation); the epochs between keep the latest choice, "
-              "refitted on their own embeddings:", "",
+              "refitted on their own embeddings, so a point there is at most the protocol's score (the kept "
+              "choice may no longer be the best) and a step at a rung is what choosing again gains:", "",
               "![validation curves](fig_curves.png) ([PDF](fig_curves.pdf))", "",
               "Final validation mAP against each searched parameter:", "",
               "![mAP by parameter](fig_params.png) ([PDF](fig_params.pdf))", "",
