@@ -378,8 +378,16 @@ def test_driver_killed_twice_and_a_corrupt_checkpoint_then_resume(tmp_path, ray_
         cleanup(p)
     assert rc == 0, out[-3000:]
     assert "resuming" in out
-    final = epochs(exp)
-    assert len(final) == n, f"expected exactly {n} trials, got {sorted(final)}"
+    # A kill right after a new trial's first checkpoint, before the driver recorded that trial (no
+    # params.json or result.json yet), leaves its folder behind: Tune's restored state does not list
+    # it, and the study runs the trial again under a new id (RELIABILITY.md). Such a folder may hold
+    # checkpoints only; report.py reads no folder without params.json or result.json.
+    orphans = {t for t, d in trial_dirs(exp).items()
+               if not any(os.path.exists(os.path.join(d, f)) for f in ("params.json", "result.json"))}
+    for t in orphans:
+        assert all(f.startswith("checkpoint_") for f in os.listdir(trial_dirs(exp)[t])), (t, os.listdir(trial_dirs(exp)[t]))
+    final = {t: e for t, e in epochs(exp).items() if t not in orphans}
+    assert len(final) == n, f"expected exactly {n} trials, got {sorted(final)} (and orphan folders {sorted(orphans)})"
     summary = out[out.rfind(f"[hscmae] {n} trials"):].splitlines()[0]
     assert "1 errored" in summary and f"{n - 1} ran all" in summary, summary
     # the corrupted trial: a clear error naming its checkpoint; never trained again
