@@ -48,7 +48,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from bench.real_data import shared_folder  # noqa: E402
-from bench.common import command_line, machine_info, md_table, parser, publish, torch_threads_kept  # noqa: E402
+from bench.common import command_line, machine_info, md_table, one_thread, parser, publish, torch_threads_kept  # noqa: E402
 from harness import asha_rungs  # noqa: E402
 from hscmae import train as T  # noqa: E402
 from hscmae.cca import CCA_REGS  # noqa: E402
@@ -66,16 +66,6 @@ TABLES = {"cost": COLUMNS}
 RANK_COLUMNS = ["search", "full trials", "per-epoch dims seen", "final dims", "rho at rungs and last-1",
                 "step at last epoch", "step at rungs", "best val / test", "winner retrained: test mAP"]
 TARGET = 15.0  # % of an epoch's training time
-
-
-def _limit_threads():
-    torch.set_num_threads(1)
-    try:
-        from threadpoolctl import threadpool_limits
-
-        return threadpool_limits(1)
-    except ImportError:
-        return None
 
 
 def cost_row(source: str, repeat: int) -> dict:
@@ -173,8 +163,7 @@ def _study_run(args: tuple) -> dict:
     cfg_dict, rungs = args
     from hscmae.config import config_from_dict
 
-    torch.set_num_threads(1)
-    limits = _limit_threads()
+    limits = one_thread()
     cfg = config_from_dict({**cfg_dict, "threads": 1})
     data = load_data_for(cfg)
     before_cfg = dataclasses.replace(cfg, test_cca_dim=min(cfg.embed_dim, 64))
@@ -307,7 +296,7 @@ def main(argv: list[str] | None = None) -> dict:
     sources = ["synthetic:tiny"] if args.quick else FULL_DATA + digits
     repeat = 2 if args.quick else args.repeat
     with torch_threads_kept():
-        limits = _limit_threads()
+        limits = one_thread()
         try:
             info = machine_info()
             rows = [cost_row(s, repeat) for s in sources]

@@ -57,7 +57,7 @@ if _REPO not in sys.path:
 
 import torch  # noqa: E402
 
-from bench.common import command_line, machine_info, md_table, parser, publish  # noqa: E402
+from bench.common import command_line, machine_info, md_table, one_thread, parser, publish  # noqa: E402
 from bench.real_data import real_sources  # noqa: E402
 from hscmae import train as T  # noqa: E402
 from hscmae.ablation import COMPONENTS, ablation_runs  # noqa: E402
@@ -112,13 +112,7 @@ _DATA: dict = {}
 
 
 def _init_worker():
-    torch.set_num_threads(1)
-    try:
-        from threadpoolctl import threadpool_limits
-
-        threadpool_limits(1)
-    except ImportError:
-        pass
+    one_thread()
 
 
 def _data(source: str, cfg=None):

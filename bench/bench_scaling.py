@@ -26,9 +26,8 @@ if _REPO not in sys.path:
     sys.path.insert(0, _REPO)
 
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 
-from bench.common import command_line, machine_info, md_table, parser, publish, timeit, torch_threads_kept  # noqa: E402
+from bench.common import command_line, machine_info, md_table, one_thread, parser, publish, timeit, torch_threads_kept  # noqa: E402
 from hscmae import train as T  # noqa: E402
 from hscmae.config import load_config  # noqa: E402
 from hscmae.data import load_data  # noqa: E402
@@ -39,16 +38,6 @@ CONFIG = os.path.join(_REPO, "config", "hsc_mae.yaml")
 COLUMNS = ["N", "train clips", "epoch s", "train loop s", "val eval s", "train ms/clip", "mAP s (N x N)", "mAP us/pair"]
 FIT_COLUMNS = ["quantity", "growth exponent", "N range", "reading"]
 TABLES = {"scaling": COLUMNS, "exponents": FIT_COLUMNS}
-
-
-def _limit_threads():
-    torch.set_num_threads(1)
-    try:
-        from threadpoolctl import threadpool_limits
-
-        return threadpool_limits(1)
-    except ImportError:  # scikit-learn brings threadpoolctl; without it BLAS keeps its default
-        return None
 
 
 def epoch_time(n: int, epochs: int) -> dict[str, float]:
@@ -97,7 +86,7 @@ def exponent(ns, ts) -> float:
 def run(quick: bool, epochs: int) -> tuple[dict, dict]:
     info = {"load_start": os.getloadavg()}
     ns = [1000, 2000] if quick else [1000, 2000, 4000, 8000, 16000, 32000]
-    limiter = _limit_threads()
+    limiter = one_thread()
     try:
         rows = []
         for n in ns:

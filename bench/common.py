@@ -123,6 +123,21 @@ def publish(section: str, text: str, no_write: bool) -> None:
         write_section(section, text)
 
 
+def one_thread():
+    """1 torch thread and 1 BLAS thread in this process (what a trial gets with --cpus-per-trial 1).
+    Returns the threadpoolctl limiter (call .unregister() to undo the BLAS limit), or None where
+    threadpoolctl is missing (scikit-learn brings it; without it BLAS keeps its default)."""
+    import torch
+
+    torch.set_num_threads(1)
+    try:
+        from threadpoolctl import threadpool_limits
+
+        return threadpool_limits(1)
+    except ImportError:
+        return None
+
+
 @contextlib.contextmanager
 def torch_threads_kept():
     """Restore torch's thread count after a block that changes it (CI runs scripts in-process)."""
