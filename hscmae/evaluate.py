@@ -125,7 +125,7 @@ def protocol_scores(za: np.ndarray, zv: np.ndarray, data: Dataset, cfg: Config,
                 scores, reg, dim, pa, pv = _grid(za, zv, data, regs, CCA_DIMS)
                 variants[(reg, dim)], val[(reg, dim)] = (pa, pv), scores
             else:
-                variants[(SWEEP_CCA_REG, cfg.test_cca_dim)] = _project(za, zv, data, SWEEP_CCA_REG, cfg.test_cca_dim)
+                variants[(SWEEP_CCA_REG, cfg.test_cca_dim)] = project(za, zv, data, SWEEP_CCA_REG, cfg.test_cca_dim)
         except (ValueError, np.linalg.LinAlgError):
             if cfg.test_cca == "on":
                 raise
@@ -139,7 +139,12 @@ def protocol_scores(za: np.ndarray, zv: np.ndarray, data: Dataset, cfg: Config,
     return _scores_of(*variants[use], data, splits, use, val.get(use))
 
 
-def _project(za, zv, data: Dataset, reg: float, dim: int):
+def project(za: np.ndarray, zv: np.ndarray, data: Dataset, reg: float, dim: int):
+    """Every clip's embeddings through the linear CCA of that ridge and dimension fitted on the
+    train split (its directions are nested, so this equals the grid's top-d fit cut to `dim`);
+    dim 0: the raw embeddings."""
+    if not dim:
+        return za, zv
     cca = fit_linear_cca(za[data.splits["train"]], zv[data.splits["train"]], dim, reg)
     return cca.transform_x(za), cca.transform_y(zv)
 
@@ -152,7 +157,7 @@ def held_scores(za: np.ndarray, zv: np.ndarray, data: Dataset, cfg: Config, choi
     reg, dim = float(choice[0]), int(choice[1])
     if dim:
         try:
-            return _scores_of(*_project(za, zv, data, reg, dim), data, splits, (reg, dim))
+            return _scores_of(*project(za, zv, data, reg, dim), data, splits, (reg, dim))
         except (ValueError, np.linalg.LinAlgError):
             if cfg.test_cca == "on":
                 raise

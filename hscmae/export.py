@@ -20,10 +20,10 @@ import os
 
 import numpy as np
 
-from hscmae.cca import fit_linear_cca
 from hscmae.config import Config
 from hscmae.data import Dataset, DataError
 from hscmae.io import atomic_write, writable_folder_error
+
 
 class ExportError(ValueError):
     """The export folder cannot be written."""
@@ -68,16 +68,11 @@ def load_model(cfg: Config, data: Dataset, checkpoint: str):
 
 
 def project_as_chosen(za: np.ndarray, zv: np.ndarray, data: Dataset, scores: dict) -> tuple[np.ndarray, np.ndarray]:
-    """The embeddings after the test-time CCA that `scores` (protocol_scores' output) records: the
-    CCA of that ridge and dimension fitted on the train split, as the protocol fits it (its
-    directions are nested, so a fit at `dim` equals the protocol's top-d fit cut to `dim`); the
+    """The embeddings after the test-time CCA that `scores` (protocol_scores' output) records; the
     raw embeddings when it chose none."""
-    dim = int(scores["test_cca_dim"])
-    if dim == 0:
-        return za, zv
-    tr = data.splits["train"]
-    cca = fit_linear_cca(za[tr], zv[tr], dim, float(scores["test_cca_reg"]))
-    return cca.transform_x(za), cca.transform_y(zv)
+    from hscmae.evaluate import project
+
+    return project(za, zv, data, float(scores["test_cca_reg"]), int(scores["test_cca_dim"]))
 
 
 def protocol_embeddings(model, data: Dataset, cfg: Config, choice=None) -> dict:
