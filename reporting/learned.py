@@ -23,8 +23,6 @@ from reporting.frames import _frame
 TSNE_MAX_CLIPS = 1000  # test clips in the map (x 2 modalities); more are subsampled with seed 0
 N_EXAMPLES = 3  # retrieval example queries per direction
 TOP = 5
-# keys the harness sets per trial, not part of the searched model
-RUNTIME_KEYS = {"threads", "device", "compile", "deterministic"}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -43,7 +41,7 @@ def last_checkpoint(trial_folder: str) -> str | None:
 def best_model(exp: Experiment, best: pd.Series, how: str = "checkpoint", log=print):
     """(cfg, data, model, where the model came from, its final evaluation's test-time CCA choice
     or None: `hscmae.export.final_choice`)."""
-    from hscmae.config import config_from_dict
+    from hscmae.config import RUNTIME_KEYS, config_from_dict
     from hscmae.export import final_choice, require_classes
     from hscmae.train import CheckpointError, build_model, fit, load_checkpoint, saved_config
 
