@@ -54,7 +54,7 @@ from hscmae import train as T  # noqa: E402
 from hscmae.cca import CCA_REGS  # noqa: E402
 from hscmae.config import load_config  # noqa: E402
 from hscmae.data import load_data_for  # noqa: E402
-from hscmae.evaluate import SWEEP_CCA_REG, held_scores, protocol_scores  # noqa: E402
+from hscmae.protocol import SWEEP_CCA_REG, held_scores, protocol_scores  # noqa: E402
 
 SECTION, RANK_SECTION = "bench_eval", "bench_eval_rank"
 CONFIG = os.path.join(_REPO, "config", "hsc_mae.yaml")

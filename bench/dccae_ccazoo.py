@@ -11,7 +11,7 @@ spec: {"data": source, "seed": int, "lr": float, "n_components": int, "hidden_di
 its reconstruction loss, its Adam from configure_optimizers) with our MLP shape
 (`hscmae.model.mlp`: Linear-LayerNorm-GELU-Linear) for the encoders and decoders, trained by a plain
 loop over shuffled batches (Lightning's Trainer adds nothing on one CPU); the embeddings are scored
-with our protocol (`hscmae.evaluate.protocol_scores`), raw and with test-time CCA chosen on val.
+with our protocol (`hscmae.protocol.protocol_scores`), raw and with test-time CCA chosen on val.
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def main(spec: dict) -> dict:
 
     from hscmae.config import config_from_dict
     from hscmae.data import load_data
-    from hscmae.evaluate import protocol_scores
+    from hscmae.protocol import protocol_scores
     from hscmae.model import mlp
 
     torch.set_num_threads(1)

@@ -27,7 +27,7 @@ from bench.common import machine_info, md_table, parser, publish  # noqa: E402
 from hscmae import train as T  # noqa: E402
 from hscmae.config import load_config  # noqa: E402
 from hscmae.data import load_data_for  # noqa: E402
-from hscmae.evaluate import evaluate_checkpoint  # noqa: E402
+from hscmae.protocol import evaluate_checkpoint  # noqa: E402
 
 SECTION = "gpu_check"
 CONFIGS = {"shipped": os.path.join(_REPO, "config", "hsc_mae.yaml"),

@@ -15,7 +15,8 @@ def run_trial(params: dict, data=None, base: dict | None = None, fixed: dict | N
     from ray import tune
 
     from hscmae.device import resolve_device
-    from hscmae.train import CheckpointError, fit
+    from hscmae.checkpoint import CheckpointError
+    from hscmae.train import fit
 
     # fixed: the space's fixed keys as the flags changed them (--max-epochs, --data)
     cfg = trial_config(base or {}, fixed or {}, {**params, "threads": cpus})

@@ -10,35 +10,15 @@ import math
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from hscmae.config import Config, ConfigError, config_from_dict
+from hscmae.config import Config, ConfigError, ablation_rows, config_from_dict
 
-# (name, label for tables, config changes). The full model comes first: tables compare against it.
-COMPONENTS: tuple[tuple[str, str, dict[str, Any]], ...] = (
-    ("full", "HSC-MAE (full model)", {}),
-    ("no_recon", "no MAE reconstruction", {"use_recon": False}),
-    ("no_dcca", "no DCCA", {"use_dcca": False}),
-    ("no_infonce", "no soft InfoNCE", {"use_infonce": False}),
-    ("plain_infonce", "plain InfoNCE (k = 1)", {"top_k": 1}),
-    ("no_ema", "no EMA teacher (student mines)", {"use_ema": False}),
-    ("no_distill", "no distillation", {"use_distill": False}),
-    ("fixed_weights", "fixed loss weights", {"learned_weights": False}),
-    ("no_test_cca", "no test-time CCA", {"test_cca": "off"}),
-)
+# (name, label for tables, config changes), from the fields' metadata (hscmae.config.knob). The
+# full model comes first: tables compare against it.
+COMPONENTS: tuple[tuple[str, str, dict[str, Any]], ...] = (("full", "HSC-MAE (full model)", {}),
+                                                            *ablation_rows(recipe=False))
 # The official recipe's components (hscmae.schedule, the architecture and objective keys): a row only
 # when the component is on in the given config, each switching it back to today's default.
-RECIPE_COMPONENTS: tuple[tuple[str, str, dict[str, Any]], ...] = (
-    ("no_cross_recon", "no cross-modal reconstruction", {"use_cross_recon": False}),
-    ("no_warmup", "no warm-up (learned weights from epoch 1)", {"warmup_epochs": 0}),
-    ("constant_ema", "constant EMA momentum", {"ema_schedule": "constant"}),
-    ("no_lr_schedule", "no LR schedule (constant)", {"lr_schedule": "constant"}),
-    ("no_grad_clip", "no gradient clipping", {"grad_clip": 0.0}),
-    ("no_proj_head", "no projection head", {"proj_head": False}),
-    ("cross_affinity", "teacher neighbours from cross-modal similarity", {"affinity": "cross"}),
-    ("pair_positive", "the pair counted as a positive", {"pair_positive": True}),
-    ("masked_dcca", "DCCA on the masked-input embeddings", {"dcca_input": "masked"}),
-    ("no_input_batchnorm", "no input BatchNorm", {"input_batchnorm": False}),
-    ("no_dropout", "no dropout", {"enc_dropout": 0.0, "dec_dropout": 0.0}),
-)
+RECIPE_COMPONENTS: tuple[tuple[str, str, dict[str, Any]], ...] = tuple(ablation_rows(recipe=True))
 METRICS = ("test_map_a2v", "test_map_v2a", "test_map", "val_map")
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from hscmae.cca import CCA_DIMS, CCA_REGS
 from hscmae.config import Config, config_from_dict
 from hscmae.data import Dataset
-from hscmae.evaluate import best_linear_cca, split_scores
+from hscmae.protocol import best_linear_cca, split_scores
 
 
 def linear_cca_baseline(data: Dataset, regs=CCA_REGS, dims=CCA_DIMS) -> dict:

@@ -68,7 +68,7 @@ def fit_linear_cca(X, Y, dim: int, reg: float = 1e-3) -> LinearCCA:
     `reg` is a ridge added to each covariance as plain reg * I. The features this sees are either
     standardised (unit variance) or embeddings of fixed scale, so an absolute ridge is predictable;
     it keeps the whitening finite when n is small next to the dimension. The default, 1e-3, is what
-    hscmae.evaluate's test-time CCA relies on."""
+    hscmae.protocol's test-time CCA relies on."""
     X, Y = _matrix(X, "X"), _matrix(Y, "Y")
     if len(X) != len(Y):
         raise ValueError(f"linear CCA needs paired rows: X has {len(X)} rows, Y has {len(Y)}")

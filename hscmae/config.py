@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import yaml
@@ -18,69 +18,115 @@ class ConfigError(ValueError):
     """A config value is unknown, of the wrong type, or out of range. The message names the key."""
 
 
+def knob(default, *, lo=None, hi=None, lo_open=False, hi_open=True, why="", choices=None, arch=False,
+         runtime=False, term=None, ablate=None, ablate_to=dataclasses.MISSING, recipe=False):
+    """A Config field and the facts about it that every list of keys derives from:
+    lo / hi (with lo_open / hi_open): its range, checked by validate() (`why` is said with it);
+    choices: the values a string knob may take; arch: it decides the networks' modules and shapes
+    (a checkpoint must agree on it); runtime: it says where and how fast a run executes, not what it
+    computes (a checkpoint resumes across it); term: the loss term this switch turns on (LOSS_TERMS,
+    in field order, which is the order of the loss sum); ablate: (row, label) of the component
+    ablation row that sets it to `ablate_to` (default: the other bool, for a switch), or with
+    recipe=True back to its default, a row only when the ablated config has it on."""
+    meta = {"lo": lo, "hi": hi, "lo_open": lo_open, "hi_open": hi_open, "why": why, "choices": choices,
+            "arch": arch, "runtime": runtime, "term": term, "ablate": ablate, "recipe": recipe,
+            "ablate_to": default if recipe else (not default if ablate_to is dataclasses.MISSING else ablate_to)}
+    return field(default=default, metadata=meta)
+
+
+POSITIVE, AT_LEAST_0, AT_LEAST_1 = dict(lo=0, lo_open=True), dict(lo=0), dict(lo=1)
+FRACTION = dict(lo=0, hi=1)  # [0, 1)
+
+
 @dataclass
 class Config:
     # data: a folder of features or "synthetic:ave" / "synthetic:vegas" (see hscmae.data)
     data: str = "synthetic:ave"
-    split_seed: int = 0
-    temporal_pool: str = "mean"  # 3-D features (clips x segments x dims) -> one vector: "mean" | "max"
-    normalize: str = "standard"  # per-feature scaling fitted on train only: "standard" (z-score) | "minmax"
-    val_fraction: float = 0.15  # per-class share of a train/test-only file's train part held out as val
-    # the device everything runs on: "auto" (CUDA when torch sees it, else CPU) | "cpu" | "cuda" | "cuda:N"
-    device: str = "auto"
-    deterministic: bool = False  # deterministic CUDA kernels (costs speed); CPU runs are deterministic anyway
-    compile: bool = False  # torch.compile the training step
+    split_seed: int = knob(0, **AT_LEAST_0)
+    # 3-D features (clips x segments x dims) -> one vector
+    temporal_pool: str = knob("mean", choices=("mean", "max"))
+    # per-feature scaling fitted on train only: "standard" (z-score) | "minmax"
+    normalize: str = knob("standard", choices=("standard", "minmax"))
+    # per-class share of a train/test-only file's train part held out as val
+    val_fraction: float = knob(0.15, lo=0, lo_open=True, hi=1)
+    # the device everything runs on: "auto" (CUDA when torch sees it, else CPU) | "cpu" | "cuda" |
+    # "cuda:N" (checked in validate: a pattern, not a list)
+    device: str = knob("auto", runtime=True)
+    deterministic: bool = knob(False, runtime=True)  # deterministic CUDA kernels (costs speed); CPU runs are deterministic anyway
+    compile: bool = knob(False, runtime=True)  # torch.compile the training step
     # model: per-modality MLP encoder (in -> hidden -> embed) and decoder (embed -> hidden -> in)
-    hidden_dim: int = 512
-    embed_dim: int = 128
-    mask_value: str = "zero"  # "zero" (the train mean, after standardisation) or "learned"
+    hidden_dim: int = knob(512, **AT_LEAST_1, arch=True)
+    embed_dim: int = knob(128, **AT_LEAST_1, arch=True)
+    mask_value: str = knob("zero", choices=("zero", "learned"))  # "zero" (the train mean, after standardisation) or "learned"
     # architecture (the official code: enc_layers 3, dec_layers 3, tanh, dropout 0.2 / 0.1, input
     # batch norm, a projection head)
-    enc_layers: int = 2  # Linear layers per encoder: in -> hidden (-> hidden ...) -> embed
-    dec_layers: int = 2  # Linear layers per decoder: embed -> hidden (-> hidden ...) -> in
-    activation: str = "gelu"  # "gelu" | "tanh" | "relu"
-    enc_dropout: float = 0.0
-    dec_dropout: float = 0.0
-    input_batchnorm: bool = False  # BatchNorm1d on each encoder's input
-    proj_head: bool = False  # a linear projection embed -> proj_dim, L2-normalised, before the losses
-    proj_dim: int = 64
+    enc_layers: int = knob(2, lo=2, why=" (input -> hidden -> output)", arch=True)  # Linear layers per encoder: in -> hidden (-> hidden ...) -> embed
+    dec_layers: int = knob(2, lo=2, why=" (input -> hidden -> output)", arch=True)  # Linear layers per decoder: embed -> hidden (-> hidden ...) -> in
+    activation: str = knob("gelu", choices=("gelu", "tanh", "relu"), arch=True)
+    enc_dropout: float = knob(0.0, **FRACTION, arch=True, ablate=("no_dropout", "no dropout"), recipe=True)
+    dec_dropout: float = knob(0.0, **FRACTION, arch=True, ablate=("no_dropout", "no dropout"), recipe=True)
+    input_batchnorm: bool = knob(False, arch=True, ablate=("no_input_batchnorm", "no input BatchNorm"), recipe=True)  # BatchNorm1d on each encoder's input
+    # a linear projection embed -> proj_dim, L2-normalised, before the losses
+    proj_head: bool = knob(False, arch=True, ablate=("no_proj_head", "no projection head"), recipe=True)
+    proj_dim: int = knob(64, **AT_LEAST_1, arch=True)
     # the three levels of the method
-    mask_ratio: float = 0.5  # fraction of input entries masked for the student (sample level)
-    ema_momentum: float = 0.99  # teacher t <- m t + (1 - m) s after every step
-    top_k: int = 5  # positives per clip for soft InfoNCE, counting the clip's own pair
-    temperature: float = 0.1  # student logits = cosine / temperature (teacher targets likewise)
-    cca_dim: int = 32  # number of canonical correlations the DCCA loss maximises
-    cca_reg: float = 1e-3  # ridge on the DCCA covariances, keeps them invertible for small batches
-    # switches, one per component, for ablations
-    use_recon: bool = True
-    use_dcca: bool = True
-    use_infonce: bool = True
-    use_ema: bool = True  # False: the student mines its own neighbours (teacher = student)
-    use_distill: bool = True
-    use_cross_recon: bool = False  # decode each modality's input from the other's embedding
-    learned_weights: bool = True  # False: every active loss term has weight 1
-    recon_weight: float = 1.0  # fixed weights, used only when learned_weights is False (and in warm-up)
-    dcca_weight: float = 1.0
-    infonce_weight: float = 1.0
-    distill_weight: float = 1.0
-    cross_recon_weight: float = 1.0
-    affinity: str = "cross"  # teacher neighbours from "cross" (a-v similarity) | "fused" ((a + v) / 2)
-    pair_positive: bool = True  # the clip's own pair is a positive (False: left out of both sets)
-    dcca_input: str = "masked"  # DCCA on the student's "masked" | "clean" input embeddings
-    eval_encoder: str = "teacher"  # which encoders embed clips for retrieval: "teacher" | "student"
-    test_cca: str = "auto"  # linear CCA on embeddings at test time: "auto" (chosen on val) | "on" | "off"
-    test_cca_dim: int = 0  # 0: chosen on val with the ridge at the final evaluation (hscmae.evaluate)
+    mask_ratio: float = knob(0.5, **FRACTION)  # fraction of input entries masked for the student (sample level)
+    ema_momentum: float = knob(0.99, **FRACTION)  # teacher t <- m t + (1 - m) s after every step
+    # positives per clip for soft InfoNCE, counting the clip's own pair
+    top_k: int = knob(5, **AT_LEAST_1, ablate=("plain_infonce", "plain InfoNCE (k = 1)"), ablate_to=1)
+    temperature: float = knob(0.1, **POSITIVE)  # student logits = cosine / temperature (teacher targets likewise)
+    cca_dim: int = knob(32, **AT_LEAST_1)  # number of canonical correlations the DCCA loss maximises
+    cca_reg: float = knob(1e-3, **AT_LEAST_0)  # ridge on the DCCA covariances, keeps them invertible for small batches
+    # switches, one per component, for ablations; a loss term's switch names its term
+    use_recon: bool = knob(True, term="recon", ablate=("no_recon", "no MAE reconstruction"))
+    use_dcca: bool = knob(True, term="dcca", ablate=("no_dcca", "no DCCA"))
+    use_infonce: bool = knob(True, term="infonce", ablate=("no_infonce", "no soft InfoNCE"))
+    # False: the student mines its own neighbours (teacher = student)
+    use_ema: bool = knob(True, arch=True, ablate=("no_ema", "no EMA teacher (student mines)"))
+    use_distill: bool = knob(True, term="distill", ablate=("no_distill", "no distillation"))
+    # decode each modality's input from the other's embedding
+    use_cross_recon: bool = knob(False, arch=True, term="cross_recon",
+                                 ablate=("no_cross_recon", "no cross-modal reconstruction"), recipe=True)
+    # False: every active loss term has weight 1
+    learned_weights: bool = knob(True, ablate=("fixed_weights", "fixed loss weights"))
+    # fixed weights (<term>_weight), used only when learned_weights is False (and in warm-up)
+    recon_weight: float = knob(1.0, **AT_LEAST_0)
+    dcca_weight: float = knob(1.0, **AT_LEAST_0)
+    infonce_weight: float = knob(1.0, **AT_LEAST_0)
+    distill_weight: float = knob(1.0, **AT_LEAST_0)
+    cross_recon_weight: float = knob(1.0, **AT_LEAST_0)
+    # teacher neighbours from "cross" (a-v similarity) | "fused" ((a + v) / 2)
+    affinity: str = knob("cross", choices=("cross", "fused"),
+                         ablate=("cross_affinity", "teacher neighbours from cross-modal similarity"), recipe=True)
+    # the clip's own pair is a positive (False: left out of both sets)
+    pair_positive: bool = knob(True, ablate=("pair_positive", "the pair counted as a positive"), recipe=True)
+    # DCCA on the student's "masked" | "clean" input embeddings
+    dcca_input: str = knob("masked", choices=("masked", "clean"),
+                           ablate=("masked_dcca", "DCCA on the masked-input embeddings"), recipe=True)
+    # which encoders embed clips for retrieval: "teacher" | "student"
+    eval_encoder: str = knob("teacher", choices=("teacher", "student"))
+    # linear CCA on embeddings at test time: "auto" (chosen on val) | "on" | "off"
+    test_cca: str = knob("auto", choices=("auto", "on", "off"), ablate=("no_test_cca", "no test-time CCA"),
+                         ablate_to="off")
+    # 0: chosen on val with the ridge at the final evaluation (hscmae.protocol)
+    test_cca_dim: int = knob(0, **AT_LEAST_0)
     # optimisation
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    batch_size: int = 256
-    epochs: int = 30
-    warmup_epochs: int = 0  # epochs with the fixed weights before the learned weighting switches on
-    ema_schedule: str = "constant"  # "constant" | "ramp" (official: 0.95 + 0.05 epoch / epochs, <= 0.999)
-    lr_schedule: str = "constant"  # "constant" | "cosine"
-    grad_clip: float = 0.0  # max gradient norm; 0 = off
+    lr: float = knob(1e-3, **POSITIVE)
+    weight_decay: float = knob(1e-4, **AT_LEAST_0)
+    batch_size: int = knob(256, **AT_LEAST_1)
+    epochs: int = knob(30, **AT_LEAST_1)
+    # epochs with the fixed weights before the learned weighting switches on
+    warmup_epochs: int = knob(0, **AT_LEAST_0, ablate=("no_warmup", "no warm-up (learned weights from epoch 1)"),
+                              recipe=True)
+    # "constant" | "ramp" (official: 0.95 + 0.05 epoch / epochs, <= 0.999)
+    ema_schedule: str = knob("constant", choices=("constant", "ramp"),
+                             ablate=("constant_ema", "constant EMA momentum"), recipe=True)
+    lr_schedule: str = knob("constant", choices=("constant", "cosine"),
+                            ablate=("no_lr_schedule", "no LR schedule (constant)"), recipe=True)
+    # max gradient norm; 0 = off
+    grad_clip: float = knob(0.0, **AT_LEAST_0, ablate=("no_grad_clip", "no gradient clipping"), recipe=True)
     seed: int = 0
-    threads: int = 0  # torch intra-op threads; 0 leaves torch's default
+    threads: int = knob(0, **AT_LEAST_0, runtime=True)  # torch intra-op threads; 0 leaves torch's default
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -93,36 +139,12 @@ class Config:
         for f in fields(self):  # NaN passes every `< 0` check and Inf every `> 0` one
             if f.type == "float" and not math.isfinite(getattr(self, f.name)):
                 raise bad(f.name, "must be a finite number")
-        if not 0.0 <= self.mask_ratio < 1.0:
-            raise bad("mask_ratio", "must be in [0, 1)")
-        if not 0.0 <= self.ema_momentum < 1.0:
-            raise bad("ema_momentum", "must be in [0, 1)")
-        if not self.temperature > 0:
-            raise bad("temperature", "must be > 0")
-        for key in ("hidden_dim", "embed_dim", "batch_size", "epochs", "top_k", "cca_dim", "proj_dim"):
-            if getattr(self, key) < 1:
-                raise bad(key, "must be >= 1")
-        for key in ("lr",):
-            if not getattr(self, key) > 0:
-                raise bad(key, "must be > 0")
-        for key in ("weight_decay", "cca_reg", "threads", "test_cca_dim", "split_seed",
-                    "recon_weight", "dcca_weight", "infonce_weight", "distill_weight", "cross_recon_weight",
-                    "warmup_epochs", "grad_clip"):
-            if getattr(self, key) < 0:
-                raise bad(key, "must be >= 0")
-        for key, choices in _CHOICES.items():
-            if getattr(self, key) not in choices:
-                raise bad(key, "must be " + " or ".join(repr(c) for c in choices))
+        for key, meta in KNOBS.items():
+            why = _range_error(getattr(self, key), meta)
+            if why:
+                raise bad(key, why)
         if not (self.device in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", self.device)):
             raise bad("device", "must be 'auto', 'cpu', 'cuda' or 'cuda:N'")
-        for key in ("enc_layers", "dec_layers"):
-            if getattr(self, key) < 2:
-                raise bad(key, "must be >= 2 (input -> hidden -> output)")
-        for key in ("enc_dropout", "dec_dropout"):
-            if not 0.0 <= getattr(self, key) < 1.0:
-                raise bad(key, "must be in [0, 1)")
-        if not 0.0 < self.val_fraction < 1.0:
-            raise bad("val_fraction", "must be in (0, 1)")
         if self.warmup_epochs >= self.epochs and self.warmup_epochs > 0:
             raise bad("warmup_epochs", f"must be < epochs ({self.epochs})")
         if self.top_k > self.batch_size:
@@ -138,25 +160,58 @@ class Config:
             raise bad("cca_dim", f"must be <= {'proj_dim' if self.proj_head else 'embed_dim'} ({emb})")
         if self.test_cca_dim > emb:  # retrieval embeds what the losses see
             raise bad("test_cca_dim", f"must be <= {'proj_dim' if self.proj_head else 'embed_dim'} ({emb})")
-        if not (self.use_recon or self.use_dcca or self.use_infonce or self.use_distill or self.use_cross_recon):
-            raise ConfigError("config keys 'use_recon', 'use_dcca', 'use_infonce', 'use_distill', "
-                              "'use_cross_recon': at least one loss term must be on")
+        if not active_terms(self):
+            raise ConfigError(f"config keys {', '.join(repr(SWITCHES[t]) for t in LOSS_TERMS)}: "
+                              "at least one loss term must be on")
         if n_train is not None and n_train < self.batch_size:
             raise bad("batch_size", f"must be <= the number of training clips ({n_train})")
         return self
 
 
-# the string knobs and the values each may take
-_CHOICES = {
-    "temporal_pool": ("mean", "max"), "normalize": ("standard", "minmax"),
-    "mask_value": ("zero", "learned"), "activation": ("gelu", "tanh", "relu"),
-    "affinity": ("cross", "fused"), "dcca_input": ("masked", "clean"),
-    "ema_schedule": ("constant", "ramp"), "lr_schedule": ("constant", "cosine"),
-    "test_cca": ("auto", "on", "off"), "eval_encoder": ("teacher", "student"),
-}
+def _range_error(value, meta: dict) -> str | None:
+    """Why `value` is outside its knob's range or choices (validate's message), or None."""
+    if meta["choices"] is not None:
+        return None if value in meta["choices"] else "must be " + " or ".join(repr(c) for c in meta["choices"])
+    lo, hi = meta["lo"], meta["hi"]
+    if lo is None:
+        return None
+    below = value <= lo if meta["lo_open"] else value < lo
+    above = hi is not None and (value >= hi if meta["hi_open"] else value > hi)
+    if not (below or above):
+        return None
+    if hi is None:
+        return f"must be {'>' if meta['lo_open'] else '>='} {lo:g}{meta['why']}"
+    return f"must be in {'(' if meta['lo_open'] else '['}{lo:g}, {hi:g}{')' if meta['hi_open'] else ']'}{meta['why']}"
+
+
+# Every list of keys below derives from the fields' metadata (knob): add a knob in one place.
+KNOBS: dict[str, dict] = {f.name: dict(f.metadata) or knob(f.default).metadata for f in fields(Config)}
+CHOICES = {k: m["choices"] for k, m in KNOBS.items() if m["choices"] is not None}
+LOSS_TERMS = tuple(m["term"] for m in KNOBS.values() if m["term"])  # the loss sum's order
+SWITCHES = {m["term"]: k for k, m in KNOBS.items() if m["term"]}  # loss term -> its config switch
+# the keys that decide the networks' modules and shapes: a checkpoint must agree on all of them
+ARCH_KEYS = tuple(k for k, m in KNOBS.items() if m["arch"])
 # keys that say where and how fast a run executes, not what it computes: a checkpoint resumes
 # across them (written on a GPU, continued on a CPU), and they are not part of a run's identity
-RUNTIME_KEYS = ("device", "threads", "compile", "deterministic")
+RUNTIME_KEYS = tuple(k for k, m in KNOBS.items() if m["runtime"])
+
+
+def active_terms(cfg: Config) -> list[str]:
+    """The loss terms cfg switches on, in the sum's order."""
+    return [t for t in LOSS_TERMS if getattr(cfg, SWITCHES[t])]
+
+
+def ablation_rows(recipe: bool) -> list[tuple[str, str, dict]]:
+    """(row, label, changes) of the component ablation, in field order: the method's components
+    (recipe=False), or the official recipe's (recipe=True: a row only where a config has it on)."""
+    rows: dict[str, tuple[str, dict]] = {}
+    for k, m in KNOBS.items():
+        if m["ablate"] and m["recipe"] == recipe:
+            name, label = m["ablate"]
+            rows.setdefault(name, (label, {}))[1][k] = m["ablate_to"]
+    return [(name, label, changes) for name, (label, changes) in rows.items()]
+
+
 _FIELDS = {f.name: f for f in fields(Config)}
 _TYPES = {"int": int, "float": float, "bool": bool, "str": str}
 

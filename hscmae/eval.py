@@ -13,7 +13,9 @@ import sys
 from hscmae.config import ConfigError, load_config
 from hscmae.data import DataError, load_data_for
 from hscmae.io import atomic_write_json
-from hscmae.train import CheckpointError
+from hscmae.checkpoint import CheckpointError, load_model
+from hscmae.export import ExportError, check_writable, protocol_embeddings, require_classes, write_embeddings
+from hscmae.protocol import evaluate_checkpoint
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,9 +29,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--export", default=None, metavar="DIR", help="write the embeddings to DIR")
     p.add_argument("--format", choices=("npz", "parquet"), default="npz", help="--export: file format (default npz)")
     args = p.parse_args(argv)
-    from hscmae.evaluate import evaluate_checkpoint
-    from hscmae.export import ExportError, check_writable, load_model, protocol_embeddings, require_classes, write_embeddings
-
     try:
         overrides = list(args.set) + ([f"data={args.data}"] if args.data else [])
         cfg = load_config(args.config, overrides)

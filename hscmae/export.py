@@ -1,7 +1,7 @@
 """A trained model's embeddings as the retrieval protocol sees them, for figures and downstream use.
 
 `protocol_embeddings` gives every clip's clean-input embeddings before and after the test-time
-linear CCA that the final evaluation chose on validation (`hscmae.evaluate.protocol_scores`), and
+linear CCA that the final evaluation chose on validation (`hscmae.protocol.protocol_scores`), and
 `write_embeddings` saves them with labels and split indices:
 
     embeddings.npz     plain arrays (np.load(..., allow_pickle=False) reads it): audio, visual
@@ -23,6 +23,7 @@ import numpy as np
 from hscmae.config import Config
 from hscmae.data import Dataset, DataError
 from hscmae.io import atomic_write, writable_folder_error
+from hscmae.protocol import embed_all, held_scores, project, protocol_scores
 
 
 class ExportError(ValueError):
@@ -43,35 +44,9 @@ def check_writable(folder: str) -> None:
         raise ExportError(f"{folder}: export folder is not writable ({why})")
 
 
-def load_model(cfg: Config, data: Dataset, checkpoint: str):
-    """The checkpoint's model on cfg's device, refusing one whose architecture or input sizes differ
-    from cfg's (hscmae.evaluate.evaluate_checkpoint and the export both load through here)."""
-    from hscmae.device import resolve_device
-    from hscmae.train import ARCH_KEYS, CheckpointError, build_model, config_diff, load_checkpoint, saved_config
-
-    device = resolve_device(cfg)  # embeddings are computed there, returned to numpy
-    state = load_checkpoint(checkpoint, map_location=device)
-    keys = config_diff(state, cfg, ARCH_KEYS)
-    if "proj_dim" in keys and not cfg.proj_head and "proj_head" not in keys:
-        keys.remove("proj_dim")  # no head on either side: its width builds nothing
-    if keys:
-        saved = saved_config(state)
-        detail = "; ".join(f"{k}: checkpoint {saved.get(k)!r}, config {getattr(cfg, k)!r}" for k in keys)
-        raise CheckpointError(f"{checkpoint}: saved with a different architecture (keys {keys}): {detail}")
-    model = build_model(cfg, data).to(device)
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as e:  # e.g. the data's feature dimensions are not the checkpoint's
-        raise CheckpointError(f"{checkpoint}: weights do not fit this config and data "
-                              f"({str(e).splitlines()[0][:200]})") from None
-    return model
-
-
 def project_as_chosen(za: np.ndarray, zv: np.ndarray, data: Dataset, scores: dict) -> tuple[np.ndarray, np.ndarray]:
     """The embeddings after the test-time CCA that `scores` (protocol_scores' output) records; the
     raw embeddings when it chose none."""
-    from hscmae.evaluate import project
-
     return project(za, zv, data, float(scores["test_cca_reg"]), int(scores["test_cca_dim"]))
 
 
@@ -80,8 +55,6 @@ def protocol_embeddings(model, data: Dataset, cfg: Config, choice=None) -> dict:
     and after the chosen test-time CCA, and the final evaluation's scores (val and test).
     choice: the (ridge, dim) the final evaluation of this very model chose (a final checkpoint's
     "val_choice"), which skips the ~50 validation scores of choosing again; None: choose."""
-    from hscmae.evaluate import embed_all, held_scores, protocol_scores
-
     za, zv = embed_all(model, data, cfg.eval_encoder)
     if choice is None:
         scores = protocol_scores(za, zv, data, cfg, splits=("val", "test"))
@@ -89,12 +62,6 @@ def protocol_embeddings(model, data: Dataset, cfg: Config, choice=None) -> dict:
         scores = held_scores(za, zv, data, cfg, choice, splits=("val", "test"))
     pa, pv = project_as_chosen(za, zv, data, scores)
     return {"audio": za, "visual": zv, "audio_cca": pa, "visual_cca": pv, "scores": scores}
-
-
-def final_choice(state: dict, cfg: Config):
-    """The test-time CCA choice of the final evaluation, from a checkpoint saved at the last epoch
-    (fit keeps it as "val_choice"); None for an earlier epoch or an older checkpoint."""
-    return state.get("val_choice") if state.get("epoch") == cfg.epochs else None
 
 
 def write_embeddings(emb: dict, data: Dataset, cfg: Config, folder: str, fmt: str = "npz") -> list[str]:

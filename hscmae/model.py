@@ -135,3 +135,8 @@ class HSCMAE(nn.Module):
     def student_parameters(self):
         """What the optimiser trains: everything but the teacher."""
         return [p for n, p in self.named_parameters() if not n.startswith("teacher") and p.requires_grad]
+
+
+def build_model(cfg: Config, data) -> HSCMAE:
+    """The networks for cfg on `data`'s feature sizes (an hscmae.data.Dataset)."""
+    return HSCMAE(cfg, data.audio.shape[1], data.visual.shape[1])

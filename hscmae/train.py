@@ -14,94 +14,24 @@ import math
 import os
 import sys
 import time
-import zipfile
 from typing import Callable, Collection
 
 import torch
 
 from hscmae import losses as L
 from hscmae import schedule as S
-from hscmae.config import RUNTIME_KEYS, Config, ConfigError, load_config, save_config
+from hscmae.checkpoint import CheckpointError, check_resumable, load_checkpoint, save_checkpoint, to_cpu
+from hscmae.config import Config, ConfigError, active_terms, load_config, save_config
 from hscmae.data import Dataset, DataError, load_data_for
 from hscmae.device import resolve_device, setup_device
-from hscmae.evaluate import choice_epochs, embed_all, held_scores, protocol_scores
+from hscmae.protocol import choice_epochs, embed_all, held_scores, protocol_scores
 from hscmae.history import HISTORY, append_history, truncate_history, write_fig_training
-from hscmae.io import atomic_write, atomic_write_json
-from hscmae.model import HSCMAE
-
-TERMS = ("recon", "dcca", "infonce", "distill", "cross_recon")  # new terms go last: their order is the sum's
-# the keys that decide the networks' modules and shapes: a checkpoint must agree on all of them
-ARCH_KEYS = ("hidden_dim", "embed_dim", "enc_layers", "dec_layers", "activation", "enc_dropout", "dec_dropout",
-             "input_batchnorm", "proj_head", "proj_dim", "use_cross_recon", "use_ema")
+from hscmae.io import atomic_write_json
+from hscmae.model import HSCMAE, build_model
 
 
 class TrainingDiverged(RuntimeError):
     """A loss became NaN or Inf."""
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file is missing, truncated, corrupt or not ours."""
-
-
-def build_model(cfg: Config, data: Dataset) -> HSCMAE:
-    return HSCMAE(cfg, data.audio.shape[1], data.visual.shape[1])
-
-
-def active_terms(cfg: Config) -> list[str]:
-    return [t for t in TERMS if getattr(cfg, f"use_{t}")]
-
-
-def save_checkpoint(path: str, state: dict) -> None:
-    atomic_write(path, lambda f: torch.save(state, f))
-
-
-def _to_cpu(obj):
-    """Tensors of a (nested) state dict moved to the CPU: checkpoints are device-neutral."""
-    if torch.is_tensor(obj):
-        return obj.detach().cpu()
-    if isinstance(obj, dict):
-        return {k: _to_cpu(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_to_cpu(v) for v in obj)
-    return obj
-
-
-def load_checkpoint(path: str, map_location: str | torch.device = "cpu") -> dict:
-    """Load with weights_only=True: a checkpoint is data, never code to run. Tensors land on
-    `map_location` whatever device wrote them."""
-    if not os.path.exists(path):
-        raise CheckpointError(f"{path}: checkpoint not found")
-    try:
-        # torch.load does not check the zip members' CRC-32: a flipped byte in a tensor would load
-        # silently as a different weight
-        with zipfile.ZipFile(path) as z:
-            bad = z.testzip()
-        if bad is not None:
-            raise CheckpointError(f"{path}: corrupt checkpoint ({bad} fails its CRC-32 check)")
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except CheckpointError:
-        raise
-    except Exception as e:  # truncated zip, bad pickle opcode, a class weights_only refuses ...
-        raise CheckpointError(f"{path}: not a loadable HSC-MAE checkpoint ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0][:200]})") from None
-    missing = {"model", "optimizer", "log_vars", "epoch", "generator", "config"} - set(state if isinstance(state, dict) else {})
-    if missing:
-        raise CheckpointError(f"{path}: checkpoint lacks {sorted(missing)}")
-    return state
-
-
-def saved_config(state: dict) -> dict:
-    """A checkpoint's config with the keys it predates at their defaults (which are the behaviour it
-    was trained with: every new key defaults to the old behaviour)."""
-    return {**Config().to_dict(), **state["config"]}
-
-
-def config_diff(state: dict, cfg: Config, keys=None) -> list[str]:
-    """The keys (default: all but the runtime-only ones, RUNTIME_KEYS: a checkpoint written on a
-    GPU resumes on a CPU and back) whose saved value differs from cfg's."""
-    saved = saved_config(state)
-    keys = keys or [k for k in cfg.to_dict() if k not in RUNTIME_KEYS]
-    return sorted(k for k in keys if saved.get(k) != getattr(cfg, k))
 
 
 def _param_groups(model: HSCMAE, log_vars: dict, weight_decay: float):
@@ -256,7 +186,7 @@ def fit(cfg: Config, data: Dataset, *, on_epoch: Callable | None = None, resume_
     the epoch after it and ends bit-identical to an uninterrupted run. val_map is the final
     evaluation's protocol (test-time CCA chosen on validation) at the first and last epoch and at
     grid_epochs (a search passes its ASHA rungs; None: `choice_epochs`, the default space's rungs);
-    the epochs between keep the latest choice (hscmae.evaluate's docstring)."""
+    the epochs between keep the latest choice (hscmae.protocol's docstring)."""
     n_train = len(data.splits["train"])
     cfg.validate(n_train=n_train)
     device = resolve_device(cfg)  # "auto" is resolved here, in the process that trains
@@ -268,9 +198,7 @@ def fit(cfg: Config, data: Dataset, *, on_epoch: Callable | None = None, resume_
     held = None  # the test-time CCA choice the epochs between choice epochs keep: (reg, dim)
     if resume_from:
         state = load_checkpoint(resume_from, map_location=device)
-        diff = config_diff(state, cfg)
-        if diff:
-            raise CheckpointError(f"{resume_from}: saved with a different config (keys {diff})")
+        check_resumable(state, cfg, resume_from)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         for k, v in (log_vars or {}).items():
@@ -289,7 +217,7 @@ def fit(cfg: Config, data: Dataset, *, on_epoch: Callable | None = None, resume_
                     f"data order and masks reseeded from seed {cfg.seed} and epoch {start_epoch}")
 
     def checkpoint_state(epoch: int) -> dict:
-        return {"model": _to_cpu(model.state_dict()), "optimizer": _to_cpu(opt.state_dict()),
+        return {"model": to_cpu(model.state_dict()), "optimizer": to_cpu(opt.state_dict()),
                 "log_vars": {k: v.detach().cpu().clone() for k, v in (log_vars or {}).items()},
                 "epoch": epoch, "generator": gen.get_state(), "generator_device": device.type,
                 "config": cfg.to_dict(), "val_choice": held}

@@ -65,7 +65,7 @@ def fig_curves(exp: Experiment, best_id: str | None):
     ax.grid(alpha=0.3, lw=0.5)
     ax.legend(loc="lower right", frameon=False)
     # at epoch 1, the rungs and the last epoch val_map chooses the test-time CCA afresh, elsewhere it
-    # keeps that choice (hscmae.evaluate's docstring)
+    # keeps that choice (hscmae.protocol's docstring)
     ax.set_title("Validation curves (dotted: ASHA rungs, test-time CCA chosen)")
     return fig
 

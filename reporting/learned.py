@@ -2,7 +2,7 @@
 baselines, AP per class, a t-SNE map of the shared space, retrieval examples, the embeddings.
 
 The model: the best trial's last Tune checkpoint (`checkpoint_*/checkpoint.pt`, read with
-torch.load(weights_only=True) through hscmae.train.load_checkpoint; Tune's own pickles are never
+torch.load(weights_only=True) through hscmae.checkpoint.load_checkpoint; Tune's own pickles are never
 opened), refused unless saved with the trial's config (the epoch it was saved at is stated); with
 `--figures retrain`, or when the trial has no checkpoint, the config is retrained here (as long as
 one trial took). Everything is scored on the test split, after the test-time CCA the final
@@ -40,10 +40,11 @@ def last_checkpoint(trial_folder: str) -> str | None:
 
 def best_model(exp: Experiment, best: pd.Series, how: str = "checkpoint", log=print):
     """(cfg, data, model, where the model came from, its final evaluation's test-time CCA choice
-    or None: `hscmae.export.final_choice`)."""
-    from hscmae.config import RUNTIME_KEYS, config_from_dict
-    from hscmae.export import final_choice, require_classes
-    from hscmae.train import CheckpointError, build_model, fit, load_checkpoint, saved_config
+    or None: `hscmae.checkpoint.final_choice`)."""
+    from hscmae.checkpoint import CheckpointError, config_diff, final_choice, load_checkpoint, load_model
+    from hscmae.config import config_from_dict
+    from hscmae.export import require_classes
+    from hscmae.train import fit
 
     cfg = config_from_dict(exp.full_config(best))
     data = load_search_data(exp, cfg, "its model cannot be evaluated on it")
@@ -63,17 +64,17 @@ def best_model(exp: Experiment, best: pd.Series, how: str = "checkpoint", log=pr
             state = load_checkpoint(ckpt)
         except CheckpointError as e:
             raise ReportError(str(e)) from None
-        trial_cfg = {k: v for k, v in cfg.to_dict().items() if k not in RUNTIME_KEYS}
-        saved = {k: v for k, v in saved_config(state).items() if k not in RUNTIME_KEYS}
-        diff = sorted(k for k in set(trial_cfg) | set(saved) if trial_cfg.get(k) != saved.get(k))
+        diff = config_diff(state, cfg)
         if diff:
             raise ReportError(f"{ckpt}: checkpoint does not match trial {best['trial_id']}'s config "
                               f"(keys {diff})")
         source = f"trial {best['trial_id']}'s last checkpoint ({os.path.relpath(ckpt, exp.path)})"
         if state["epoch"] != cfg.epochs:  # a provisional best of a running search: say so
             source += f", saved at epoch {state['epoch']} of {cfg.epochs}"
-    model = build_model(cfg, data)
-    model.load_state_dict(state["model"])
+    try:
+        model = load_model(cfg, data, ckpt or "the retrained model", state)
+    except CheckpointError as e:
+        raise ReportError(str(e)) from None
     return cfg, data, model, source, final_choice(state, cfg)
 
 
@@ -98,9 +99,10 @@ def learned_numbers(exp: Experiment, best: pd.Series, how: str, dcca_epochs: int
     """Everything the figures and tables show. dcca_epochs: also train the DCCA-only baseline
     (--ablate ran) for that many epochs."""
     from hscmae.baselines import dcca_config
-    from hscmae.evaluate import best_linear_cca
-    from hscmae.export import final_choice, protocol_embeddings
-    from hscmae.train import build_model, fit
+    from hscmae.protocol import best_linear_cca
+    from hscmae.checkpoint import final_choice, load_checkpoint, load_model
+    from hscmae.export import protocol_embeddings
+    from hscmae.train import fit
 
     cfg, data, model, source, choice = best_model(exp, best, how, log)
     emb = protocol_embeddings(model, data, cfg, choice)
@@ -111,15 +113,13 @@ def learned_numbers(exp: Experiment, best: pd.Series, how: str, dcca_epochs: int
     if dcca_epochs is not None:
         import tempfile
 
-        from hscmae.train import load_checkpoint
 
         dcfg = dcca_config(cfg, epochs=dcca_epochs)
         log(f"[report] figures: training the DCCA-only baseline ({dcca_epochs} epochs)")
         with tempfile.TemporaryDirectory(prefix="hscmae-report-") as d:
             fit(dcfg, data, out_dir=d, log=None)
-            dmodel = build_model(dcfg, data)
             dstate = load_checkpoint(os.path.join(d, "checkpoint.pt"))
-            dmodel.load_state_dict(dstate["model"])
+            dmodel = load_model(dcfg, data, "the DCCA-only baseline", dstate)
         demb = protocol_embeddings(dmodel, data, dcfg, final_choice(dstate, dcfg))
         methods["DCCA only"] = curves_of(demb["audio_cca"], demb["visual_cca"], data)
         notes["DCCA only"] = f"the best config with every term but DCCA off, {dcca_epochs} epochs"

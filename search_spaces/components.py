@@ -5,24 +5,31 @@ The switches are searched, not only ablated one at a time, so that a search can 
 set is better served without a level (e.g. DCCA on VEGAS-like data) and report.py's importance and
 ablation tables show which switches separate the good trials from the rest.
 """
+from hscmae.config import LOSS_TERMS, SWITCHES, Config
 from search_spaces import Space
 from search_spaces.default import sample as sample_default
 
-# the loss terms a trial may switch off; at least one must stay on (Config.validate)
-LOSS_SWITCHES = ("use_recon", "use_dcca", "use_distill")
+# the loss-term switches (hscmae.config's registry), each sampled [its default, the other]: the
+# default-on ones first, InfoNCE the objective when they are all off (a trial needs one loss term,
+# Config.validate), the default-off ones (the official recipe's) after the non-loss switches
+FALLBACK = SWITCHES["infonce"]
+_ON_BY_DEFAULT = {k for k, v in Config().to_dict().items() if v is True}
+LOSS_SWITCHES = tuple(SWITCHES[t] for t in LOSS_TERMS if SWITCHES[t] in _ON_BY_DEFAULT and SWITCHES[t] != FALLBACK)
+RECIPE_SWITCHES = tuple(SWITCHES[t] for t in LOSS_TERMS if SWITCHES[t] not in _ON_BY_DEFAULT)
 
 
 def sample(trial):
     derived = sample_default(trial)
     on = [trial.suggest_categorical(k, [True, False]) for k in LOSS_SWITCHES]
     if any(on):
-        trial.suggest_categorical("use_infonce", [True, False])
+        trial.suggest_categorical(FALLBACK, [True, False])
     else:  # every other term is off: InfoNCE is the objective (a trial without a loss is impossible)
-        derived["use_infonce"] = True
+        derived[FALLBACK] = True
     trial.suggest_categorical("use_ema", [True, False])
     trial.suggest_categorical("learned_weights", [True, False])
     # the official recipe's knobs
-    trial.suggest_categorical("use_cross_recon", [False, True])
+    for k in RECIPE_SWITCHES:
+        trial.suggest_categorical(k, [False, True])
     trial.suggest_categorical("affinity", ["cross", "fused"])
     trial.suggest_categorical("warmup_epochs", [0, 5])  # the official 5; < any --max-epochs above 5
     trial.suggest_categorical("ema_schedule", ["constant", "ramp"])

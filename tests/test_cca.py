@@ -169,7 +169,7 @@ def test_final_evaluation_chooses_the_test_time_cca_on_validation_only():
 
     from hscmae.config import Config
     from hscmae.data import load_data
-    from hscmae.evaluate import best_linear_cca, held_scores, protocol_scores
+    from hscmae.protocol import best_linear_cca, held_scores, protocol_scores
 
     data = load_data("synthetic:tiny")
     rng = np.random.default_rng(1)  # stand-ins for learned embeddings: noisy random maps of the features

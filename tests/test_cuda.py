@@ -11,7 +11,7 @@ import torch
 from hscmae import train as T
 from hscmae.config import ConfigError, config_from_dict
 from hscmae.data import load_data
-from hscmae.evaluate import evaluate_checkpoint
+from hscmae.protocol import evaluate_checkpoint
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 

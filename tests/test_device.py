@@ -13,7 +13,7 @@ from hscmae import train as T
 from hscmae.config import ConfigError, config_from_dict
 from hscmae.data import load_data
 from hscmae.device import resolve_device
-from hscmae.evaluate import evaluate_checkpoint
+from hscmae.protocol import evaluate_checkpoint
 
 TINY = dict(data="synthetic:tiny", hidden_dim=32, embed_dim=16, cca_dim=4, top_k=3, batch_size=64,
             epochs=4, threads=1, test_cca="auto")

@@ -118,8 +118,8 @@ def test_bad_input_is_one_error_line(run, tmp_path):
 def test_a_final_checkpoints_kept_choice_gives_the_final_evaluations_numbers(tmp_path):
     """The report reuses the choice a final checkpoint keeps instead of choosing again; with
     test_cca auto on a tiny model, the numbers must be fit's own final ones, and sklearn's."""
-    from hscmae.export import final_choice, load_model, protocol_embeddings
-    from hscmae.train import load_checkpoint
+    from hscmae.checkpoint import final_choice, load_checkpoint, load_model
+    from hscmae.export import protocol_embeddings
 
     cfg = config_from_dict({**TINY, "test_cca": "auto", "epochs": 3})
     data = load_data(cfg.data)

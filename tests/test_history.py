@@ -76,7 +76,7 @@ def test_truncate_keeps_complete_lines_up_to_the_checkpoint(tmp_path):
 
 
 def test_core_modules_do_not_import_matplotlib():
-    code = ("import sys, hscmae.train, hscmae.evaluate, hscmae.metrics, hscmae.history, hscmae.export, hscmae.eval; "
+    code = ("import sys, hscmae.train, hscmae.protocol, hscmae.metrics, hscmae.history, hscmae.export, hscmae.eval; "
             "print('matplotlib' in sys.modules)")
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == "False", r.stderr

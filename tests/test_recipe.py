@@ -13,7 +13,7 @@ from hscmae import schedule as S
 from hscmae import train as T
 from hscmae.config import Config, config_from_dict, load_config
 from hscmae.data import load_data, load_data_for
-from hscmae.evaluate import embed_all, evaluate_checkpoint
+from hscmae.protocol import embed_all, evaluate_checkpoint
 
 TINY = dict(data="synthetic:tiny", hidden_dim=32, embed_dim=16, cca_dim=4, top_k=3, batch_size=64,
             epochs=4, threads=1, test_cca="off")

@@ -172,7 +172,7 @@ def test_component_ablation_tables(exp):
     out = exp / "report"
     labels = [label for _, label, _ in ablation.COMPONENTS]
     assert [c for c, _, _ in ablation.COMPONENTS] == [
-        "full", "no_recon", "no_dcca", "no_infonce", "plain_infonce", "no_ema", "no_distill", "fixed_weights",
+        "full", "plain_infonce", "no_recon", "no_dcca", "no_infonce", "no_ema", "no_distill", "fixed_weights",
         "no_test_cca"]
     md_rows = table_rows_md((out / "component_ablation.md").read_text())
     tex_rows = table_rows_tex((out / "component_ablation.tex").read_text())

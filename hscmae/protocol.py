@@ -27,6 +27,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from hscmae.checkpoint import load_model
 from hscmae.cca import CCA_DIMS, CCA_REGS, fit_linear_cca
 from hscmae.config import Config
 from hscmae.data import Dataset
@@ -36,15 +37,27 @@ from hscmae.metrics import retrieval_map_pair
 SWEEP_CCA_REG = 1e-3
 
 
-def choice_epochs(epochs: int, first: int = 10, factor: int = 3) -> list[int]:
-    """Where a standalone run re-chooses its test-time CCA (first, first*factor, ... below
-    `epochs`; plus the first and last epoch, which fit always adds): the rungs of the default
-    search space's ASHA (grace 10, rf 3), so a standalone history matches a trial's there."""
-    out, e = [], first
-    while e < epochs:
+# ASHA's defaults in the search spaces (search_spaces.Space): grace 10, reduction factor 3
+ASHA_GRACE, ASHA_RF = 10, 3
+
+
+def asha_rungs(grace: int, rf: int, max_epochs: int) -> list[int]:
+    """The epochs where ASHA can stop a trial: grace * rf^k below max_epochs (Tune's bracket s = 0;
+    its scheduler records a trial's val_map at the first report at or past each). The one source
+    of the rungs: a search's scheduler, fit's choice epochs and the bench all use it."""
+    if not grace or not rf or rf < 2:
+        return []
+    out, e = [], min(grace, max_epochs)
+    while e < max_epochs:
         out.append(e)
-        e *= factor
+        e *= rf
     return out
+
+
+def choice_epochs(epochs: int) -> list[int]:
+    """Where a standalone run re-chooses its test-time CCA (plus the first and last epoch, which fit
+    always adds): the default search space's rungs, so a standalone history matches a trial's there."""
+    return asha_rungs(ASHA_GRACE, ASHA_RF, epochs)
 
 
 @torch.no_grad()
@@ -165,7 +178,5 @@ def held_scores(za: np.ndarray, zv: np.ndarray, data: Dataset, cfg: Config, choi
 
 
 def evaluate_checkpoint(cfg: Config, data: Dataset, checkpoint: str) -> dict[str, float]:
-    from hscmae.export import load_model
-
     za, zv = embed_all(load_model(cfg, data, checkpoint), data, cfg.eval_encoder)
     return protocol_scores(za, zv, data, cfg, splits=("val", "test"))
