@@ -249,7 +249,7 @@ def warm_start_point(space, base: dict, log=print) -> dict:
     keys, as every trial sees them); a derived helper `one_minus_X` is 1 - X. A value the space
     cannot take becomes the nearest one it can, with one log line."""
     from hscmae.config import ConfigError
-    from search_spaces import _Fixed
+    from search_spaces.space import _Fixed
 
     cfg = {**base, **space.fixed}
     point = {}

@@ -6,7 +6,7 @@ set is better served without a level (e.g. DCCA on VEGAS-like data) and report.p
 ablation tables show which switches separate the good trials from the rest.
 """
 from hscmae.config import LOSS_TERMS, SWITCHES, Config
-from search_spaces import Space
+from search_spaces.space import Space
 from search_spaces.default import sample as sample_default
 
 # the loss-term switches (hscmae.config's registry), each sampled [its default, the other]: the

@@ -1,5 +1,5 @@
 """The paper's search: the five knobs HSC-MAE introduces, with priors on the scale they act on."""
-from search_spaces import Space
+from search_spaces.space import Space
 
 
 def sample(trial):

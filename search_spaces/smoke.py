@@ -1,5 +1,5 @@
 """A tiny search for tests and for trying the harness: tiny data and model, a few epochs."""
-from search_spaces import Space
+from search_spaces.space import Space
 
 
 def sample(trial):

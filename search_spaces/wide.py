@@ -1,6 +1,6 @@
 """The default knobs plus optimisation and size: lr, weight decay, batch size, embedding size, and
 the architecture's depth, width and dropout (shared with `components`)."""
-from search_spaces import Space
+from search_spaces.space import Space
 from search_spaces.components import sample_architecture
 from search_spaces.default import sample as sample_default
 

@@ -13,7 +13,8 @@ import yaml
 
 import tune_main
 from hscmae.config import ConfigError
-from search_spaces import SPACES, Space, _corner_combos, trial_config
+from search_spaces import SPACES, Space, trial_config
+from search_spaces.space import _corner_combos
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BASE = yaml.safe_load(open(os.path.join(ROOT, "config", "hsc_mae.yaml")))
