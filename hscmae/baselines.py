@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 from hscmae.cca import CCA_DIMS, CCA_REGS
-from hscmae.config import Config, config_from_dict
+from hscmae.config import LOSS_TERMS, SWITCHES, Config, config_from_dict
 from hscmae.data import Dataset
 from hscmae.protocol import best_linear_cca, split_scores
 
@@ -23,9 +23,10 @@ def linear_cca_baseline(data: Dataset, regs=CCA_REGS, dims=CCA_DIMS) -> dict:
 
 
 def dcca_config(cfg: Config, **changes) -> Config:
-    """The plain DCCA model: the same code and config with every term but DCCA off."""
+    """The plain DCCA model: the same code and config with every loss term but DCCA off (every
+    term of the registry, hscmae.config.LOSS_TERMS: a new term is off here without a word)."""
     d = cfg.to_dict()
-    d.update(use_recon=False, use_infonce=False, use_distill=False, use_ema=False, mask_ratio=0.0,
-             learned_weights=False, test_cca="auto")
+    d.update({SWITCHES[t]: t == "dcca" for t in LOSS_TERMS})
+    d.update(use_ema=False, mask_ratio=0.0, learned_weights=False, test_cca="auto")
     d.update(changes)
     return config_from_dict(d)

@@ -34,10 +34,10 @@ def in_warmup(cfg: Config, epoch: int) -> bool:
 
 
 def fixed_weights(cfg: Config, terms, epoch: int) -> dict[str, float]:
-    """The fixed weight of each term: cfg.<term>_weight, except that during warm-up the
+    """The fixed weight of each term: cfg.<term>_weight (1 for a term without such a key), except that during warm-up the
     cross-reconstruction weight ramps linearly from 0 (first epoch) to cross_recon_weight (last
     warm-up epoch), the official min(1, e / max(1, warmup - 1))."""
-    w = {t: getattr(cfg, f"{t}_weight") for t in terms}
+    w = {t: getattr(cfg, f"{t}_weight", 1.0) for t in terms}
     if "cross_recon" in w and in_warmup(cfg, epoch):
         w["cross_recon"] *= min(1.0, (epoch - 1) / max(1, cfg.warmup_epochs - 1))
     return w
