@@ -47,7 +47,7 @@ if _REPO not in sys.path:
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from bench.real_data import shared_folder  # noqa: E402
+from hscmae.data.real import shared_folder  # noqa: E402
 from bench.common import command_line, machine_info, md_table, one_thread, parser, publish, torch_threads_kept  # noqa: E402
 from harness import asha_rungs  # noqa: E402
 from hscmae import train as T  # noqa: E402

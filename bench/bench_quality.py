@@ -6,7 +6,7 @@
     python bench/bench_quality.py --quick         # synthetic:tiny, 1 seed, 2 epochs (CI); --no-write leaves BENCHMARKS.md alone
 
 Data sets (--data, repeatable; default both groups): "synthetic" = synthetic:ave and synthetic:vegas,
-"real" = the real two-view sets of bench/real_data.py (scikit-learn's digits cut into two views:
+"real" = the real two-view sets of hscmae/data/real.py (scikit-learn's digits cut into two views:
 the shared sk_digits_halves, top/bottom, and sk_digits_lr, left/right, built on first use), or any
 source. The synthetic rows go to BENCHMARKS.md section 6, the real ones to section 6b, so a run
 of one group leaves the other's section alone.
@@ -58,7 +58,7 @@ if _REPO not in sys.path:
 import torch  # noqa: E402
 
 from bench.common import command_line, machine_info, md_table, one_thread, parser, publish  # noqa: E402
-from bench.real_data import real_sources  # noqa: E402
+from hscmae.data.real import real_sources  # noqa: E402
 from hscmae import train as T  # noqa: E402
 from hscmae.ablation import COMPONENTS, ablation_runs  # noqa: E402
 from hscmae.baselines import dcca_config, linear_cca_baseline  # noqa: E402
@@ -568,7 +568,7 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict]]:
     p.add_argument("--extra-name", action="append", default=[], metavar="NAME",
                    help="row label for the matching --extra-config (default: 'HSC-MAE, <file name>')")
     p.add_argument("--data", action="append", default=None, metavar="SRC",
-                   help="'synthetic' (ave + vegas), 'real' (bench/real_data.py's sets) or a source; repeatable "
+                   help="'synthetic' (ave + vegas), 'real' (hscmae/data/real.py's sets) or a source; repeatable "
                         "(default: synthetic and real)")
     p.add_argument("--baselines", default=",".join(BASELINES),
                    help=f"comma-separated deep baselines to run (default: {','.join(BASELINES)})")
@@ -604,7 +604,7 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict]]:
         if real:
             title = "## 6b. Retrieval quality on real two-view data (`bench/bench_quality.py --data real ...`)"
             notes = ["- data: " + "; ".join(f"{short(st['data'])} ({st['n_train']} train clips)" for st in setups)
-                     + "; how each is made: bench/real_data.py and the summary above. Baseline grid: lr "
+                     + "; how each is made: hscmae/data/real.py and the summary above. Baseline grid: lr "
                      + "/".join(f"{x:g}" for x in REAL_GRID["lr"]) + " x cca_dim " + "/".join(map(str, REAL_GRID["cca_dim"]))
                      + " (REAL_GRID: smaller than section 6's, for this shared machine; the raw-embedding rows are seed 0 "
                      "only). Targets (issue 10): shipped "

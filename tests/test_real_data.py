@@ -1,18 +1,14 @@
-"""bench/real_data.py: the digits views are the image halves they claim to be (checked against
+"""hscmae/data/real.py: the digits views are the image halves they claim to be (checked against
 scikit-learn's flat pixel vectors, indexed here independently), and the built folder loads with a
 fixed stratified split."""
 import os
-import sys
 
 import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-from bench import real_data  # noqa: E402
-from hscmae.data import load_data  # noqa: E402
+from hscmae.data import load_data
+from hscmae.data import real as real_data
 
 
 def _pixels(cols=range(8), rows=range(8)):

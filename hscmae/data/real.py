@@ -1,6 +1,6 @@
-"""Real two-view data sets for the quality benchmark, built from data that ships inside scikit-learn.
+"""Real two-view data sets (the benchmarks' real sets), built from data that ships inside scikit-learn.
 
-    python bench/real_data.py [--out data]      # writes data/sk_digits_lr in the folder format
+    python -m hscmae.data.real [--out data]     # writes data/sk_digits_lr in the folder format
 
 A real set is one whose values this project did not generate. Two are used:
 
@@ -26,14 +26,12 @@ import sys
 
 import numpy as np
 
-_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if _REPO not in sys.path:
-    sys.path.insert(0, _REPO)
+from hscmae.data.common import stratified_split
+from hscmae.data.folder import write_folder
 
-from hscmae.data import stratified_split  # noqa: E402
-from hscmae.data.folder import write_folder  # noqa: E402
-
-DEFAULT_OUT = os.path.join(_REPO, "data")  # gitignored
+# the checkout this package is in (an editable install): data/ there is gitignored
+_REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+DEFAULT_OUT = os.path.join(_REPO, "data")
 BUILT = ("sk_digits_lr",)
 SHARED = ("sk_digits_halves",)
 
@@ -58,7 +56,7 @@ def digits_views(split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def build(name: str, folder: str) -> str:
     """Write real set `name` into folder/name (atomically, file by file); returns its path."""
     if name != "sk_digits_lr":
-        raise ValueError(f"unknown real set {name!r}; this script builds {BUILT}")
+        raise ValueError(f"unknown real set {name!r}; this module builds {BUILT}")
     audio, visual, labels = digits_views("lr")
     splits = stratified_split(labels, 0, name)
     out = os.path.join(folder, name)
@@ -95,7 +93,7 @@ def real_sources(out: str = DEFAULT_OUT) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m hscmae.data.real", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default=DEFAULT_OUT, help="parent folder (default: data/ in the repository)")
     args = p.parse_args(argv)
     from hscmae.data import load_data
