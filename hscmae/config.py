@@ -49,6 +49,17 @@ class Config:
     normalize: str = knob("standard", choices=("standard", "minmax"))
     # per-class share of a train/test-only file's train part held out as val
     val_fraction: float = knob(0.15, lo=0, lo_open=True, hi=1)
+    # the method's challenges made on any source at load time (hscmae.data.challenges; off by default,
+    # seeded, in data.json's provenance and the data fingerprint). Weak pairing: this fraction of the
+    # train split's pairs get another train item's visual vector (val/test untouched)
+    pair_noise: float = knob(0.0, **FRACTION)
+    pair_noise_seed: int = knob(0, **AT_LEAST_0)
+    # multi-event clips: this fraction of every split's items get w x another class's item added to both views
+    mix_events: float = knob(0.0, lo=0, hi=1, hi_open=False)
+    mix_events_seed: int = knob(0, **AT_LEAST_0)
+    # spurious co-occurrence: std of an 8-d per-item Gaussian nuisance added to both views (x each feature's std)
+    shared_nuisance: float = knob(0.0, **AT_LEAST_0)
+    shared_nuisance_seed: int = knob(0, **AT_LEAST_0)
     # the device everything runs on: "auto" (CUDA when torch sees it, else CPU) | "cpu" | "cuda" |
     # "cuda:N" (checked in validate: a pattern, not a list)
     device: str = knob("auto", runtime=True)

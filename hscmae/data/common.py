@@ -9,6 +9,7 @@ modality, scaled in place.
 from __future__ import annotations
 
 import hashlib
+import json
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -35,6 +36,9 @@ class Dataset:
     # where the arrays and splits came from (layout, pooling, scaling, how val was made): what
     # tune_main.py writes to data.json so a reader knows what was trained on
     meta: dict[str, Any] = field(default_factory=dict, compare=False)
+    # the challenges made at load time (hscmae.data.challenges) that are on, with their seeds; {}
+    # when none (the fingerprint is then that of the arrays alone, as before they existed)
+    challenges: dict[str, Any] = field(default_factory=dict, compare=False)
     _fingerprint: str | None = field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
@@ -43,7 +47,8 @@ class Dataset:
     def fingerprint(self) -> str:
         """sha256 of every array's shape, dtype and bytes (splits included), cached. The arrays are
         those training sees, after pooling and scaling, so a changed file, pooling, scaling or
-        split changes it (and tune_main.py refuses to resume on it)."""
+        split changes it (and tune_main.py refuses to resume on it); so do the load-time challenges
+        (pair_noise etc., their rates and seeds), which are hashed too when any is on."""
         if self._fingerprint is None:
             h = hashlib.sha256()
             arrays = [self.audio, self.visual, self.labels] + [self.splits[k] for k in ("train", "val", "test")]
@@ -51,6 +56,8 @@ class Dataset:
                 a = np.ascontiguousarray(a)
                 h.update(f"{a.dtype.str}{a.shape}".encode())
                 h.update(memoryview(a).cast("B"))
+            if self.challenges:
+                h.update(json.dumps(self.challenges, sort_keys=True).encode())
             self._fingerprint = h.hexdigest()
         return self._fingerprint
 
