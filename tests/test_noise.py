@@ -1,0 +1,187 @@
+"""The load-time challenges (hscmae.data.challenges): pair_noise shuffles exactly round(rate x
+n_train) train pairs into wrong pairs and nothing else, seeded; mix_events and shared_nuisance do
+what they say; all off is today's data, byte for byte. Every check compares against the clean
+load's arrays, indexed here independently."""
+import hashlib
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from hscmae.config import ConfigError, config_from_dict
+from hscmae.data import DataError, export, load_data, load_data_for
+from hscmae.data import challenges
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SRC = "synthetic:tiny"
+
+
+@pytest.fixture(scope="module")
+def clean():
+    return load_data(SRC)
+
+
+def _changed_rows(a, b):
+    return np.flatnonzero((a != b).any(axis=1))
+
+
+def test_shuffled_count_and_only_train_visual_rows_change(clean):
+    noisy = load_data(SRC, pair_noise=0.3, pair_noise_seed=4)
+    train = clean.splits["train"]
+    k = round(0.3 * len(train))
+    changed = _changed_rows(clean.visual, noisy.visual)
+    assert len(changed) == k and set(changed) <= set(train.tolist())
+    assert noisy.meta["pair_noise"]["shuffled"] == k
+    for part in ("val", "test"):  # byte-identical to the clean load
+        idx = clean.splits[part]
+        assert clean.visual[idx].tobytes() == noisy.visual[idx].tobytes()
+        assert clean.audio[idx].tobytes() == noisy.audio[idx].tobytes()
+    assert clean.audio.tobytes() == noisy.audio.tobytes()  # audio and labels never move
+    assert clean.labels.tobytes() == noisy.labels.tobytes()
+    for k_ in ("train", "val", "test"):
+        np.testing.assert_array_equal(clean.splits[k_], noisy.splits[k_])
+
+
+def test_each_chosen_item_gets_another_chosen_items_visual_vector(clean):
+    noisy = load_data(SRC, pair_noise=0.5, pair_noise_seed=1)
+    train = clean.splits["train"]
+    changed = _changed_rows(clean.visual, noisy.visual)
+    sources, same = [], 0
+    for i in changed:
+        hits = np.flatnonzero((clean.visual[train] == noisy.visual[i]).all(axis=1))
+        assert len(hits) == 1, "the new vector is exactly one clean train row"
+        j = train[hits[0]]
+        assert j != i
+        sources.append(j)
+        same += int(clean.labels[i] == clean.labels[j])
+    # a derangement among the chosen: every chosen vector goes to exactly one other chosen item
+    assert sorted(sources) == sorted(changed.tolist())
+    meta = noisy.meta["pair_noise"]
+    assert meta["shuffled_same_class"] == same
+    assert meta["effective_noise"] == pytest.approx((len(changed) - same) / len(train))
+    assert (meta["rate"], meta["seed"]) == (0.5, 1)
+
+
+def test_same_seed_same_permutation_other_seed_other(clean):
+    a = load_data(SRC, pair_noise=0.4, pair_noise_seed=9)
+    b = load_data(SRC, pair_noise=0.4, pair_noise_seed=9)
+    c = load_data(SRC, pair_noise=0.4, pair_noise_seed=10)
+    assert a.visual.tobytes() == b.visual.tobytes() and a.fingerprint() == b.fingerprint()
+    assert a.visual.tobytes() != c.visual.tobytes() and a.fingerprint() != c.fingerprint()
+
+
+def _fingerprint_by_hand(d) -> str:
+    """Today's fingerprint, computed here: sha256 of dtype, shape and bytes of audio, visual, labels
+    and the three splits."""
+    h = hashlib.sha256()
+    for a in [d.audio, d.visual, d.labels] + [d.splits[k] for k in ("train", "val", "test")]:
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.dtype.str}{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def test_rate_zero_is_bit_identical_and_keeps_the_fingerprint(clean):
+    zero = load_data(SRC, pair_noise=0.0, pair_noise_seed=7, mix_events=0.0, mix_events_seed=3,
+                     shared_nuisance=0.0, shared_nuisance_seed=5)
+    for k in ("audio", "visual", "labels"):
+        assert getattr(zero, k).tobytes() == getattr(clean, k).tobytes()
+    assert zero.fingerprint() == clean.fingerprint() == _fingerprint_by_hand(clean)
+    assert zero.meta == clean.meta and not {"pair_noise", "mix_events", "shared_nuisance"} & set(zero.meta)
+    cfg = config_from_dict({"data": SRC, "pair_noise_seed": 7})
+    assert load_data_for(cfg).fingerprint() == _fingerprint_by_hand(clean)
+
+
+def test_the_fingerprint_covers_the_rate(clean):
+    fps = {load_data_for(config_from_dict({"data": SRC, "pair_noise": r})).fingerprint() for r in (0.0, 0.2, 0.5)}
+    assert len(fps) == 3  # so tune_main's fingerprint check refuses a resume on another rate
+    assert clean.fingerprint() in fps
+
+
+@pytest.mark.parametrize("bad", [1.0, 1.5, -0.1])
+def test_bad_rate_is_a_config_error_naming_the_key(bad):
+    with pytest.raises(ConfigError, match="'pair_noise'"):
+        config_from_dict({"pair_noise": bad})
+    with pytest.raises(DataError, match="pair_noise"):
+        load_data(SRC, pair_noise=bad)
+
+
+@pytest.mark.parametrize("key,bad", [("mix_events", 1.5), ("mix_events", -0.5), ("shared_nuisance", -1.0),
+                                     ("pair_noise_seed", -1)])
+def test_other_bad_values_are_config_errors_naming_the_key(key, bad):
+    with pytest.raises(ConfigError, match=f"'{key}'"):
+        config_from_dict({key: bad})
+
+
+def test_train_command_with_a_bad_rate_is_one_error_line():
+    p = subprocess.run([sys.executable, "-m", "hscmae.train", "--set", "pair_noise=1.5"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and "pair_noise" in lines[0]
+
+
+@pytest.mark.parametrize("dest", ["folder", "tiny.h5"])
+def test_every_source_takes_it(tmp_path, clean, dest):
+    path = str(tmp_path / dest)
+    export(SRC, path)
+    base = load_data(path)
+    noisy = load_data(path, pair_noise=0.5)
+    n = len(base.splits["train"])
+    changed = _changed_rows(base.visual, noisy.visual)
+    assert len(changed) == round(0.5 * n) and set(changed) <= set(base.splits["train"].tolist())
+    assert noisy.meta["pair_noise"]["shuffled"] == round(0.5 * n)
+
+
+# ---------------------------------------------------------------------------------------------
+# the other two challenges
+# ---------------------------------------------------------------------------------------------
+def test_mix_events_adds_another_class_item_of_the_same_split():
+    rng = np.random.default_rng(0)
+    n = 120
+    a = rng.normal(size=(n, 5)).astype(np.float32)
+    v = rng.normal(size=(n, 7)).astype(np.float32)
+    labels = np.arange(n) % 4
+    idx = rng.permutation(n)
+    splits = {"train": np.sort(idx[:80]), "val": np.sort(idx[80:100]), "test": np.sort(idx[100:])}
+    ma, mv, meta = challenges.mix_events(a, v, labels, splits, 0.25, seed=3)
+    for part, members in splits.items():
+        changed = _changed_rows(a[members], ma[members])
+        assert len(changed) == round(0.25 * len(members)) == meta["mixed"][part]
+        for i in members[changed]:
+            da, dv = ma[i].astype(np.float64) - a[i], mv[i].astype(np.float64) - v[i]
+            found = False
+            for j in members:  # the partner: w x its views, the same w in both views, another class
+                w = da @ a[j] / (a[j] @ a[j])
+                if np.allclose(da, w * a[j], atol=1e-5) and np.allclose(dv, w * v[j], atol=1e-5):
+                    assert labels[j] != labels[i] and 0.3 <= w <= 0.8
+                    found = True
+            assert found
+    d = load_data(SRC, mix_events=0.3, mix_events_seed=2)
+    clean = load_data(SRC)
+    assert d.labels.tobytes() == clean.labels.tobytes()
+    assert d.meta["mix_events"]["mixed"] == {k: round(0.3 * len(clean.splits[k])) for k in ("train", "val", "test")}
+    assert d.fingerprint() != clean.fingerprint()
+
+
+def test_shared_nuisance_is_one_8d_signal_in_both_views():
+    rng = np.random.default_rng(1)
+    n = 200
+    a = rng.normal(size=(n, 20)).astype(np.float32) * 3
+    v = rng.normal(size=(n, 30)).astype(np.float32)
+    train = np.arange(150)
+    na, nv, meta = challenges.add_shared_nuisance(a, v, train, 2.0, seed=5)
+    da, dv = na.astype(np.float64) - a, nv.astype(np.float64) - v
+    sa, sv = np.linalg.svd(da, compute_uv=False), np.linalg.svd(dv, compute_uv=False)
+    assert (sa[8:] < 1e-4 * sa[0]).all() and (sa[7] > 1e-2 * sa[0])  # rank 8
+    assert (sv[8:] < 1e-4 * sv[0]).all()
+    # the same 8-d signal: each view's nuisance is a linear map of the other's
+    coef, *_ = np.linalg.lstsq(da, dv, rcond=None)
+    assert np.allclose(da @ coef, dv, atol=1e-4 * np.abs(dv).max())
+    # scaled to the feature's std: per-feature nuisance std ~ 2 x the train std of that feature
+    ratio = da[train].std(0) / a[train].std(0)
+    assert 1.0 < np.median(ratio) < 3.0
+    d, clean = load_data(SRC, shared_nuisance=1.0), load_data(SRC)
+    assert d.meta["shared_nuisance"]["std"] == 1.0 and d.fingerprint() != clean.fingerprint()
