@@ -185,3 +185,16 @@ def test_shared_nuisance_is_one_8d_signal_in_both_views():
     assert 1.0 < np.median(ratio) < 3.0
     d, clean = load_data(SRC, shared_nuisance=1.0), load_data(SRC)
     assert d.meta["shared_nuisance"]["std"] == 1.0 and d.fingerprint() != clean.fingerprint()
+
+
+# ---------------------------------------------------------------------------------------------
+# found with issue 21: the export command on an unwritable destination
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dest", ["/proc/x.h5", "/proc/hscmae-export-dir"])
+def test_export_to_an_unwritable_path_is_one_error_line(dest):
+    p = subprocess.run([sys.executable, "-m", "hscmae.data", "export", SRC, dest], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {dest}: cannot write there"), p.stderr
+    assert not os.path.exists(dest)

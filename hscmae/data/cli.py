@@ -2,6 +2,7 @@
 splits.npz) or, when DEST ends in .h5 / .hdf5, as one of the authors' HDF5 files."""
 from __future__ import annotations
 
+import os
 import sys
 
 import numpy as np
@@ -17,9 +18,15 @@ def export(source: str, dest: str, split_seed: int = 0, layout: str | None = Non
     """Write a source's features as stored (before pooling and scaling), its labels and its splits."""
     from hscmae.data import hdf5, load_data, open_source
 
+    from hscmae.io import writable_folder_error
+
     to_h5 = dest.lower().endswith(H5_SUFFIXES)
     if layout is not None and not to_h5:
         raise DataError(f"{dest}: --layout applies to an .h5 / .hdf5 destination only")
+    folder = (os.path.dirname(dest) or ".") if to_h5 else dest
+    why = writable_folder_error(folder)  # before any work: a read-only or system path is one error line
+    if why:
+        raise DataError(f"{dest}: cannot write there ({why}); expected a path in a writable folder")
     if not source.startswith("synthetic:"):
         load_data(source, split_seed, val_fraction=val_fraction)  # validates every value first
     with open_source(source, split_seed, val_fraction) as src:
@@ -27,10 +34,13 @@ def export(source: str, dest: str, split_seed: int = 0, layout: str | None = Non
         labels, splits = src["labels"], src["splits"]
     if splits is None:
         splits = stratified_split(labels, split_seed, src["where"]["l"])
-    if to_h5:
-        hdf5.write_hdf5(dest, audio, visual, labels, splits, layout or "split-keys")
-        return
-    write_folder(dest, audio, visual, labels, splits)
+    try:
+        if to_h5:
+            hdf5.write_hdf5(dest, audio, visual, labels, splits, layout or "split-keys")
+        else:
+            write_folder(dest, audio, visual, labels, splits)
+    except OSError as e:  # e.g. the disk filled up mid-way (each file is written atomically)
+        raise DataError(f"{dest}: cannot write there ({e.strerror or e})") from None
 
 
 def main(argv: list[str] | None = None) -> int:
