@@ -19,11 +19,6 @@ TINY = dict(data="synthetic:tiny", hidden_dim=32, embed_dim=16, cca_dim=4, top_k
             epochs=4, threads=1, test_cca="auto", device="cuda")
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    return load_data("synthetic:tiny")
-
-
 def _stop_after(epoch, path, seen):
     def on_epoch(m, save):
         seen.append(m)

@@ -9,20 +9,15 @@ import pytest
 import torch
 import torch.serialization
 
+from hscmae import checkpoint as C
 from hscmae import train as T
 from hscmae.config import ConfigError, config_from_dict
-from hscmae.data import load_data
 from hscmae.device import resolve_device
 from hscmae.protocol import evaluate_checkpoint
 
 TINY = dict(data="synthetic:tiny", hidden_dim=32, embed_dim=16, cca_dim=4, top_k=3, batch_size=64,
             epochs=4, threads=1, test_cca="auto")
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the machine without CUDA")
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    return load_data("synthetic:tiny")
 
 
 @no_cuda
@@ -62,14 +57,14 @@ def test_checkpoint_with_cuda_tensors_resumes_on_the_cpu(tiny, tmp_path, monkeyp
     T.fit(cfg, tiny, on_epoch=_stop_after(2, ckpt), log=None)
     # rewrite it as a CUDA run writes it: every tensor's storage tagged cuda:0, the config's device,
     # and a CUDA generator's 16-byte Philox state (seed, offset) instead of the CPU's Mersenne Twister
-    state = T.load_checkpoint(ckpt)
+    state = C.load_checkpoint(ckpt)
     state["config"]["device"] = "cuda"
     state["generator"] = torch.tensor([7, 0, 0, 0, 0, 0, 0, 0, 64, 0, 0, 0, 0, 0, 0, 0], dtype=torch.uint8)
     state["generator_device"] = "cuda"
     moved = str(tmp_path / "from_gpu.pt")
     with monkeypatch.context() as m:
         m.setattr(torch.serialization, "location_tag", lambda storage: "cuda:0")
-        T.save_checkpoint(moved, state)
+        C.save_checkpoint(moved, state)
     if not torch.cuda.is_available():  # the file really says CUDA: a plain load fails here
         with pytest.raises(RuntimeError, match="CUDA"):
             torch.load(moved, weights_only=True)
@@ -92,7 +87,7 @@ def test_runtime_keys_do_not_block_a_resume_but_other_keys_do(tiny, tmp_path):
     # another thread count resumes too (its float sums round differently, so not bit for bit)
     assert T.fit(config_from_dict({**TINY, "threads": 2}), tiny, resume_from=ckpt, log=None)["epoch"] == 4
     torch.set_num_threads(1)
-    with pytest.raises(T.CheckpointError, match=r"different config \(keys \['lr'\]\)"):
+    with pytest.raises(C.CheckpointError, match=r"different config \(keys \['lr'\]\)"):
         T.fit(config_from_dict({**TINY, "lr": 2e-3}), tiny, resume_from=ckpt, log=None)
 
 

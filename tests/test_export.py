@@ -17,7 +17,7 @@ from hscmae.config import config_from_dict, save_config
 from hscmae.data import load_data
 from hscmae.train import fit
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import ROOT  # noqa: E402
 TINY = dict(data="synthetic:tiny", hidden_dim=32, embed_dim=16, cca_dim=4, top_k=3, batch_size=64,
             epochs=2, threads=1, test_cca="on")
 

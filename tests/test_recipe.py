@@ -10,9 +10,10 @@ from torch import nn
 from hscmae import ablation
 from hscmae import losses as L
 from hscmae import schedule as S
+from hscmae import checkpoint as C
 from hscmae import train as T
 from hscmae.config import Config, config_from_dict, load_config
-from hscmae.data import load_data, load_data_for
+from hscmae.data import load_data_for
 from hscmae.protocol import embed_all, evaluate_checkpoint
 
 TINY = dict(data="synthetic:tiny", hidden_dim=32, embed_dim=16, cca_dim=4, top_k=3, batch_size=64,
@@ -21,11 +22,6 @@ NEW_KEYS = ("temporal_pool", "normalize", "val_fraction", "device", "determinist
             "dec_layers", "activation", "enc_dropout", "dec_dropout", "input_batchnorm", "proj_head", "proj_dim",
             "use_cross_recon", "cross_recon_weight", "affinity", "pair_positive", "dcca_input", "warmup_epochs",
             "ema_schedule", "lr_schedule", "grad_clip")
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    return load_data("synthetic:tiny")
 
 
 def _model(tiny, **kw):
@@ -292,14 +288,14 @@ def test_old_checkpoint_resumes_and_other_architectures_are_refused(tiny, tmp_pa
     T.fit(cfg, tiny, on_epoch=stop_after_2, log=None)
     state = torch.load(ckpt, weights_only=True)  # as saved before this round's keys existed
     state["config"] = {k: v for k, v in state["config"].items() if k not in NEW_KEYS}
-    T.save_checkpoint(ckpt, state)
+    C.save_checkpoint(ckpt, state)
     resumed = T.fit(cfg, tiny, resume_from=ckpt, log=None)
     for k in ("loss", "val_map", "test_map"):
         assert resumed[k] == full[k], k
     assert evaluate_checkpoint(cfg, tiny, ckpt)["val_map"] > 0
-    with pytest.raises(T.CheckpointError, match=r"different config \(keys \['enc_layers'\]\)"):
+    with pytest.raises(C.CheckpointError, match=r"different config \(keys \['enc_layers'\]\)"):
         T.fit(config_from_dict({**TINY, "enc_layers": 3}), tiny, resume_from=ckpt, log=None)
-    with pytest.raises(T.CheckpointError, match=r"different architecture \(keys \['proj_dim', 'proj_head'\]\)"):
+    with pytest.raises(C.CheckpointError, match=r"different architecture \(keys \['proj_dim', 'proj_head'\]\)"):
         evaluate_checkpoint(config_from_dict({**TINY, "proj_head": True, "proj_dim": 8}), tiny, ckpt)
     assert evaluate_checkpoint(config_from_dict({**TINY, "proj_dim": 8}), tiny, ckpt)["val_map"] > 0  # no head
 

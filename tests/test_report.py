@@ -19,7 +19,7 @@ import tune_main
 from hscmae import ablation
 from hscmae.config import load_config
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import ROOT  # noqa: E402
 ENV = {**os.environ, "RAY_AUTH_MODE": "token", "PYTHONUNBUFFERED": "1"}
 MAX_EPOCHS = 6  # the smoke space's
 SEEDS = 2

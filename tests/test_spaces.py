@@ -16,9 +16,8 @@ from hscmae.config import ConfigError
 from search_spaces import SPACES, Space, trial_config
 from search_spaces.space import _corner_combos
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import ROOT, SEARCH_ENV as ENV  # noqa: E402
 BASE = yaml.safe_load(open(os.path.join(ROOT, "config", "hsc_mae.yaml")))
-ENV = {**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "1", "RAY_AUTH_MODE": "token", "PYTHONUNBUFFERED": "1"}
 LOSSES = ("use_recon", "use_dcca", "use_infonce", "use_distill", "use_cross_recon")
 
 

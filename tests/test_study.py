@@ -19,7 +19,7 @@ import urllib.request
 import pytest
 import yaml
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import ROOT  # noqa: E402
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "TUNE_GLOBAL_CHECKPOINT_S": "1"}
 pytestmark = pytest.mark.slow
 optuna = pytest.importorskip("optuna")

@@ -12,8 +12,7 @@ import pytest
 
 import tune_main
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ENV = {**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "1", "RAY_AUTH_MODE": "token", "PYTHONUNBUFFERED": "1"}
+from conftest import ROOT, SEARCH_ENV as ENV  # noqa: E402
 
 
 def tune_cmd(storage, name, *extra):

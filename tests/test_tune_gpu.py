@@ -14,7 +14,7 @@ import pytest
 
 import tune_main
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import ROOT  # noqa: E402
 ENV = {**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "1", "RAY_AUTH_MODE": "token", "PYTHONUNBUFFERED": "1",
        "RAY_DEDUP_LOGS": "0",  # every trial's fallback line, not one "[repeated 4x]"
        "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}

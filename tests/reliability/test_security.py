@@ -17,7 +17,7 @@ import pytest
 from hscmae.config import ConfigError, load_config
 from hscmae.data import DataError, load_data
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from conftest import ROOT  # noqa: E402
 SKIP_DIRS = {"tests", ".git", ".hypothesis", ".pytest_cache", ".benchmarks", "__pycache__", "results", "runs"}
 
 

@@ -1,0 +1,78 @@
+"""Shared test fixtures and constants (tests/ and tests/reliability/; test modules import the
+constants with `from conftest import ROOT, ...`: pytest puts this folder on sys.path).
+
+The fast suite (`python -m pytest -q`) deselects `@pytest.mark.slow` (pyproject's addopts); the
+slow suite is `python -m pytest -q -m slow`."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository
+# a search in a subprocess: Tune saves its experiment state every second, Ray's token auth
+SEARCH_ENV = {**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "1", "RAY_AUTH_MODE": "token", "PYTHONUNBUFFERED": "1"}
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """The synthetic:tiny two-view data set (its default split)."""
+    from hscmae.data import load_data
+
+    return load_data("synthetic:tiny")
+
+
+@pytest.fixture
+def ray_tmpdir():
+    """A private, short (unix socket paths are limited to 107 bytes) Ray temp dir."""
+    d = tempfile.mkdtemp(prefix="rt-", dir="/tmp")
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+class Hold:
+    """The test side of harness/trainable.py's test-only HSCMAE_TEST_HOLD hook: every trial of a
+    search started with `env()` stops right after reporting epoch `epoch` (its result and
+    checkpoint handed to Tune), writes held-<trial id>.json ({trial_id, pid, epoch}) into `dir`,
+    and waits until `release()` creates dir/release. A held trial is a stable state, not a moment
+    to catch: the test waits for it, acts, then releases."""
+
+    def __init__(self, dir, epoch: int):
+        self.dir, self.epoch = str(dir), int(epoch)
+        os.makedirs(self.dir, exist_ok=True)
+
+    def env(self) -> dict:
+        return {"HSCMAE_TEST_HOLD": f"{self.epoch}:{self.dir}"}
+
+    def held(self) -> dict[str, dict]:
+        """{trial id: marker} of the trials held now (or held before a release)."""
+        out = {}
+        for f in os.listdir(self.dir):
+            if f.startswith("held-") and f.endswith(".json"):
+                try:
+                    m = json.load(open(os.path.join(self.dir, f)))
+                except (OSError, ValueError):  # (written atomically; never half a file)
+                    continue
+                out[m["trial_id"]] = m
+        return out
+
+    def release(self) -> None:
+        open(os.path.join(self.dir, "release"), "w").close()
+
+
+def wait_until(cond, timeout: float, what: str, alive=None, poll: float = 0.05):
+    """cond()'s first truthy value; fails after `timeout` s, or as soon as alive() is false (the
+    process the state was to come from has exited). For states that stay true once reached."""
+    end = time.time() + timeout
+    while time.time() < end:
+        v = cond()
+        if v:
+            return v
+        if alive is not None and not alive():
+            pytest.fail(f"the process exited before {what}")
+        time.sleep(poll)
+    pytest.fail(f"timed out after {timeout}s waiting for {what}")
