@@ -1,7 +1,7 @@
 """6. Retrieval quality of HSC-MAE against baselines, side by side, every choice made on validation.
 
     python bench/bench_quality.py --ccazoo-python /path/to/venv/bin/python \
-        --extra-config bench/best_default_search.yaml --extra-name "HSC-MAE, best config of a default search"
+        --extra-config config/best_default_search.yaml --extra-name "HSC-MAE, best config of a default search"
     python bench/bench_quality.py --data real --winner sk_digits_halves=DIR/report/best_config.yaml
     python bench/bench_quality.py --quick         # synthetic:tiny, 1 seed, 2 epochs (CI); --no-write leaves BENCHMARKS.md alone
 
@@ -23,7 +23,7 @@ Rows, per data set (split fixed: split_seed 0; seed = model seed 0, 1, 2):
     lr x CCA dim (seed 0, the same epoch budget as HSC-MAE), chosen on validation separately for
     the two scorings -- raw embeddings (test_cca off) and with test-time linear CCA (test_cca auto,
     which itself chooses raw or CCA on validation); the chosen point then runs seeds 1 and 2.
-    DCCAE is cca-zoo's (`bench/dccae_ccazoo.py`, run in the interpreter --ccazoo-python names, a
+    DCCAE is cca-zoo's (`hscmae/dccae_ccazoo.py`, run in the interpreter --ccazoo-python names, a
     separate virtual environment, so cca-zoo and Lightning never enter the project's) or, without
     that flag, ours: reconstruction + DCCA only (mask_ratio 0, fixed weights 1:1, no teacher);
 (d) HSC-MAE with the shipped config/hsc_mae.yaml (test_cca auto);
@@ -200,7 +200,7 @@ def _run(spec: dict) -> dict:
 
 
 def _ccazoo_run(spec: dict) -> dict:
-    """Run bench/dccae_ccazoo.py in the cca-zoo interpreter; its {"off": ..., "auto": ...} scores."""
+    """Run hscmae/dccae_ccazoo.py in the cca-zoo interpreter; its {"off": ..., "auto": ...} scores."""
     import json
     import subprocess
 
@@ -208,7 +208,7 @@ def _ccazoo_run(spec: dict) -> dict:
     arg = {"data": spec["data"], "seed": c["seed"], "lr": c["lr"], "n_components": c["cca_dim"],
            "hidden_dim": c["hidden_dim"], "batch_size": c["batch_size"], "epochs": c["epochs"], "lam": 0.5}
     env = {**os.environ, "PYTHONPATH": _REPO, "OMP_NUM_THREADS": "1"}
-    p = subprocess.run([spec["python"], os.path.join(_REPO, "bench", "dccae_ccazoo.py"), json.dumps(arg)],
+    p = subprocess.run([spec["python"], "-m", "hscmae.dccae_ccazoo", json.dumps(arg)],
                        capture_output=True, text=True, env=env)
     if p.returncode != 0:
         raise RuntimeError(f"cca-zoo DCCAE run failed ({spec['python']}): {p.stderr.strip()[-2000:]}")
@@ -538,7 +538,7 @@ def render(tables, info, command, header, title="## 6. Retrieval quality (`bench
                                       + ", ".join(f"{n} {e}" for n, e in st["epochs"].items()) for st in setups),
              ("- DCCAE: not run (--baselines " + ",".join(info["baselines"]) + ")" if "dccae" not in info["baselines"] else
               "- DCCAE: " + (f"cca-zoo's `DCCAE` ({info['dccae']}, installed in a separate virtual environment that reuses "
-                            "our torch; run by bench/dccae_ccazoo.py)" if info["dccae"] else
+                            "our torch; run by hscmae/dccae_ccazoo.py)" if info["dccae"] else
                             "our code (use_recon + use_dcca, mask_ratio 0, fixed weights; cca-zoo not given)")),
              "- (b) and (c) hyperparameters come from their own searches below (seed 0, chosen on val separately for "
              "each scoring); fit()'s per-epoch validation is skipped (it never influences training).",

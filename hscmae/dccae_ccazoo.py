@@ -1,10 +1,11 @@
-"""One cca-zoo DCCAE run for bench/bench_quality.py, in the interpreter that has cca-zoo.
+"""One cca-zoo DCCAE run (a baseline, beside hscmae/baselines.py), in the interpreter that has cca-zoo.
 
-    PYTHONPATH=<repo> <python with cca-zoo[deep]> bench/dccae_ccazoo.py '<json spec>'
+    PYTHONPATH=<repo> <python with cca-zoo[deep]> -m hscmae.dccae_ccazoo '<json spec>'
 
-cca-zoo is not a dependency of this project: bench_quality.py runs this file with the Python
-given by --ccazoo-python (a separate virtual environment with `cca-zoo[deep]`, which reuses our
-torch 2.13), and reads one JSON line from its stdout.
+cca-zoo is not a dependency of this project, and this module imports it only inside main(), so
+importing the module needs no cca-zoo: bench/bench_quality.py runs it with the Python given by
+--ccazoo-python (a separate virtual environment with `cca-zoo[deep]`, which reuses our torch 2.13),
+and reads one JSON line from its stdout.
 
 spec: {"data": source, "seed": int, "lr": float, "n_components": int, "hidden_dim": int,
 "batch_size": int, "epochs": int, "lam": float}. The model is cca-zoo's `DCCAE` (its MCCA loss,
