@@ -208,7 +208,7 @@ def run(quick: bool, storage: str) -> tuple[dict, dict]:
 
 def render(tables, info, command, header) -> str:
     f = {c: ".1f" for c in OVERHEAD_COLUMNS[4:]}
-    lines = ["## 3. Harness overhead (`bench/bench_harness.py`)", "", header,
+    lines = ["## Harness overhead (`bench/bench_harness.py`)", "", header,
              f"- load average at end: {' / '.join(f'{x:.2f}' for x in info['load_end'])}",
              f"- command: `{command}`; the searches it runs: " + "; ".join(f"`{c}`" for c in info["commands"]),
              "- slot time = wall time of the whole command x concurrent trials; inside fit = the sum of fit's "

@@ -95,7 +95,7 @@ def run(quick: bool) -> tuple[dict, dict]:
 
 def render(tables, info, command, header) -> str:
     return "\n".join([
-        "## 7. Loading the authors' HDF5 files (`bench/bench_load.py`)", "", header,
+        "## Loading the authors' HDF5 files (`bench/bench_load.py`)", "", header,
         f"- load average at end: {info['load_end'][0]:.2f} / {info['load_end'][1]:.2f} / {info['load_end'][2]:.2f}"
         " (a shared 2-core machine: times are noisy, memory is not)",
         f"- command: `{command}`",

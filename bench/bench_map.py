@@ -136,7 +136,7 @@ def run(n: int, threads: int, repeat: int, with_sklearn: bool) -> dict:
 def render(rows: list[dict], info: dict, command: str, header: str) -> str:
     fmt = {"1M add us": ".0f", "ours s": ".3f", "peak MB": ".0f", "floor s": ".3f", "ours / floor": ".2f",
            "sklearn s": ".2f", "sklearn / ours": ".0f", "diff vs sklearn f64": ".1e", "diff vs sklearn f32": ".1e"}
-    lines = ["## 2. Retrieval mAP time (`bench/bench_map.py`)", "", header,
+    lines = ["## Retrieval mAP time (`bench/bench_map.py`)", "", header,
              f"- load average at end: {' / '.join(f'{x:.2f}' for x in info['load_end'])}",
              f"- command: `{command}`",
              f"- N queries x N gallery, D = {D} random float32 embeddings, K = {K} balanced classes; ours = "

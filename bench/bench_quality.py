@@ -8,7 +8,8 @@
 Data sets (--data, repeatable; default both groups): "synthetic" = synthetic:ave and synthetic:vegas,
 "real" = the real two-view sets of hscmae/data/real.py (scikit-learn's digits cut into two views:
 the shared sk_digits_halves, top/bottom, and sk_digits_lr, left/right, built on first use), or any
-source. The synthetic rows go to BENCHMARKS.md section 6, the real ones to section 6b, so a run
+source. The synthetic rows go to BENCHMARKS.md section "Retrieval quality", the real ones to section
+"Retrieval quality on real two-view data", so a run
 of one group leaves the other's section alone.
 
 The cca-zoo interpreter: a separate venv that sees this project's packages through a .pth file, so
@@ -66,7 +67,7 @@ from hscmae.config import config_from_dict, load_config  # noqa: E402
 from hscmae.data import load_data  # noqa: E402
 
 SECTION = "bench_quality"
-REAL_SECTION = "bench_quality_real"  # section 6b: the real two-view sets
+REAL_SECTION = "bench_quality_real"  # the real two-view sets
 SYNTHETIC = ("synthetic:ave", "synthetic:vegas")
 CONFIG = os.path.join(_REPO, "config", "hsc_mae.yaml")
 COLUMNS = ["data", "method", "runs", "hyperparameters (chosen on val)", "val mAP", "test mAP",
@@ -77,7 +78,7 @@ TABLES = {"quality": COLUMNS, "baseline_search": SEARCH_COLUMNS, "ablation": ABL
 # embed_dim 128 as HSC-MAE's; cca-zoo's DCCAE embeds in cca_dim dimensions (its n_components)
 GRID = {"lr": (1e-3, 3e-3), "embed_dim": (128,), "cca_dim": (16, 32)}
 QUICK_GRID = {"lr": (1e-3, 3e-3), "embed_dim": (64,), "cca_dim": (16,)}
-# Section 6b's sets (10 classes, 32 + 32 values) get a smaller grid, sized to a 2-core machine shared
+# The real-data section's sets (10 classes, 32 + 32 values) get a smaller grid, sized to a 2-core machine shared
 # by several jobs: lr 1e-3 (validation's choice in 7 of the 8 synthetic baseline choices) and
 # cca_dim 8 / 16 (the linear-CCA baseline and the digits search winner use dim 8 on 10 classes); the
 # raw-embedding scoring (near chance for every deep baseline) gets its chosen point's seed 0 only.
@@ -95,8 +96,8 @@ def is_real(source: str) -> bool:
 
 
 def in_6b(source: str) -> bool:
-    """Section 6b holds the real sets and any synthetic source other than the two main presets
-    (e.g. synthetic:plain, the preset calibrated against the real sets), section 6 the rest."""
+    """The real-data section holds the real sets and any synthetic source other than the two main presets
+    (e.g. synthetic:plain, the preset calibrated against the real sets), section "Retrieval quality" the rest."""
     return source not in SYNTHETIC and source != "synthetic:tiny"
 
 
@@ -523,7 +524,7 @@ def hsc_lead_noise(a, b) -> str:
     return "beyond 2 sd: " + _beyond_noise(am - bm, asd, bsd, len(a["_test"]), len(b["_test"]))
 
 
-def render(tables, info, command, header, title="## 6. Retrieval quality (`bench/bench_quality.py`)",
+def render(tables, info, command, header, title="## Retrieval quality (`bench/bench_quality.py`)",
            setups=None, notes=()) -> str:
     setups = info["setups"] if setups is None else setups
     lines = [title, "", header,
@@ -596,17 +597,17 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict]]:
     header = machine_info()
     tables, info = run(args)
     command = command_line(argv, __file__)
-    for real in (False, True):  # section 6 (synthetic) and 6b (real), each only if this run had its data
+    for real in (False, True):  # the synthetic and the real-data section, each only if this run had its data
         part = {k: [r for r in rows if in_6b(r["_source"]) == real] for k, rows in tables.items()}
         setups = [st for st in info["setups"] if in_6b(st["data"]) == real]
         if not setups:
             continue
         if real:
-            title = "## 6b. Retrieval quality on real two-view data (`bench/bench_quality.py --data real ...`)"
+            title = "## Retrieval quality on real two-view data (`bench/bench_quality.py --data real ...`)"
             notes = ["- data: " + "; ".join(f"{short(st['data'])} ({st['n_train']} train clips)" for st in setups)
                      + "; how each is made: hscmae/data/real.py and the summary above. Baseline grid: lr "
                      + "/".join(f"{x:g}" for x in REAL_GRID["lr"]) + " x cca_dim " + "/".join(map(str, REAL_GRID["cca_dim"]))
-                     + " (REAL_GRID: smaller than section 6's, for this shared machine; the raw-embedding rows are seed 0 "
+                     + " (REAL_GRID: smaller than the synthetic sets' grid, for this shared machine; the raw-embedding rows are seed 0 "
                      "only). Targets (issue 10): shipped "
                      f">= best baseline + {REAL_TARGET_SHIPPED:.2f} test mAP, search winner >= + {REAL_TARGET_WINNER:.2f}."]
             publish(REAL_SECTION, render(part, info, command, header, title, setups, notes), args.no_write)

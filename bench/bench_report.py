@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> dict:
         st = stages(exp, os.path.join(root, "stages"))
     load = os.getloadavg()
     data = "synthetic:tiny" if args.quick else "synthetic:vegas"
-    lines = ["## 8. Report figures (`bench/bench_report.py`)", "", info,
+    lines = ["## Report figures (`bench/bench_report.py`)", "", info,
              f"- load average at end: {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}; the machine is shared with "
              "other engineers' jobs today (noisy): one run of each, not a median",
              f"- command: `{command_line(argv, __file__)}`",

@@ -127,7 +127,7 @@ def run(quick: bool, epochs: int) -> tuple[dict, dict]:
 
 def render(tables, info, command, header) -> str:
     return "\n".join([
-        "## 5. Scaling with the number of clips (`bench/bench_scaling.py`)", "", header,
+        "## Scaling with the number of clips (`bench/bench_scaling.py`)", "", header,
         f"- load average at end: {info['load_end'][0]:.2f} / {info['load_end'][1]:.2f} / {info['load_end'][2]:.2f}",
         f"- command: `{command}`",
         f"- epoch: config/hsc_mae.yaml (batch 64) on synthetic:ave,n=N, 1 torch thread + 1 BLAS thread, epoch "

@@ -208,7 +208,7 @@ def verdict(summary: list[dict], budget: int) -> str:
 
 def render(tables, info, command, header) -> str:
     return "\n".join([
-        "## 4. Search efficiency (`bench/bench_search.py`)", "", header,
+        "## Search efficiency (`bench/bench_search.py`)", "", header,
         f"- load average at end: {' / '.join(f'{x:.2f}' for x in info['load_end'])}; wall time {info['wall_s'] / 60:.1f} min",
         f"- command: `{command}`",
         f"- {info['space']} space on {info['data']}; budget {info['budget']} epochs per search (= {info['trials']} trials x "
@@ -220,7 +220,7 @@ def render(tables, info, command, header) -> str:
         "", md_table(SUMMARY_COLUMNS, tables["summary"]), "", verdict(tables["summary"], info["budget"]), "",
         *([f"- best trial of all searches ({info['best']['method']}, seed {info['best']['seed']}, val mAP "
            f"{info['best']['val']:.4f}): {info['best']['params']}; written to `{os.path.relpath(info['best']['path'], _REPO)}` "
-           "with the shipped config's epochs, for section 6.", ""] if info.get("best") else []),
+           "with the shipped config's epochs, for the retrieval-quality section.", ""] if info.get("best") else []),
         "Every search:", "",
         md_table(RUN_COLUMNS, tables["runs"], {"best val mAP": ".4f", "its test mAP": ".4f"}), ""])
 

@@ -269,7 +269,7 @@ def run(quick: bool) -> tuple[dict[str, list[dict]], dict]:
 
 def render(tables: dict, info: dict, command: str, header: str) -> str:
     fl = info["flops"]
-    lines = ["## 1. Training step throughput (`bench/bench_train.py`)", "", header,
+    lines = ["## Training step throughput (`bench/bench_train.py`)", "", header,
              f"- load average at end: {' / '.join(f'{x:.2f}' for x in info['load_end'])}; CPU used by other "
              f"processes during the timed blocks (from /proc/stat): median {info['others'][0]:.2f}, "
              f"max {info['others'][1]:.2f} cores",
@@ -338,7 +338,7 @@ def run_recipe(quick: bool) -> tuple[dict[str, list[dict]], dict]:
 
 def render_recipe(tables: dict, info: dict, command: str, header: str) -> str:
     return "\n".join([
-        "## 1b. The official recipe's training step (`bench/bench_train.py`, section 4)", "", header,
+        "## The official recipe's training step (`bench/bench_train.py --recipe-only`)", "", header,
         f"- load average at end: {' / '.join(f'{x:.2f}' for x in info['load_end'])}; CPU used by other processes "
         f"during the timed blocks: median {info['others'][0]:.2f}, max {info['others'][1]:.2f} cores "
         "(a shared, noisy 2-core machine)",
@@ -390,7 +390,7 @@ def run_compile(quick: bool) -> tuple[list[dict], dict]:
 def render_compile(rows: list[dict], info: dict, command: str, header: str) -> str:
     others = info.get("others") or [float("nan")]
     return "\n".join([
-        "## 1c. torch.compile of the training step, CPU (`bench/bench_train.py --compile`)", "", header,
+        "## torch.compile of the training step, CPU (`bench/bench_train.py --compile`)", "", header,
         f"- load average at end: {' / '.join(f'{x:.2f}' for x in info['load_end'])}; CPU used by other processes "
         f"during the timed blocks: median {statistics.median(others):.2f}, max {max(others):.2f} cores",
         f"- command: `{command}`",

@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     notes.append(f"imports: {'none of Ray / Optuna' if not leaked else 'LEAKED ' + ', '.join(leaked)}")
     gpu = torch.cuda.get_device_name(0) if cuda else None
     text = "\n".join([
-        "## 7. GPU check (`bench/gpu_check.sh`)", "", header,
+        "## GPU check (`bench/gpu_check.sh`)", "", header,
         f"- GPU: {gpu}, CUDA {torch.version.cuda}" if gpu else
         "- **This check has not run on a GPU yet**: the table below is its CPU-only path on the machine above.",
         f"- command: `{_shown_command(argv)}`; {time.time() - t_start:.0f} s in all after the tests",

@@ -56,18 +56,3 @@ def test_quick_mode_returns_its_tables(path):
                 v = row[c]
                 if isinstance(v, float):
                     assert math.isfinite(v), f"table {name!r}, column {c!r}: {v}"
-
-
-def test_write_section_replaces_only_its_own_section(tmp_path):
-    common = _load(os.path.join(REPO, "bench", "common.py"))
-    path = str(tmp_path / "B.md")
-    common.write_section("one", "first", path)
-    common.write_section("two", "second", path)
-    common.write_section("one", "first again\n| a |", path)
-    text = open(path).read()
-    assert text.count("<!-- one:start -->") == 1 and "first again" in text and "first\n" not in text
-    assert "second" in text and text.index("<!-- one:start -->") < text.index("<!-- two:start -->")
-    with pytest.raises(ValueError, match="unbalanced markers"):
-        open(path, "a").write("<!-- three:start -->\n")
-        common.write_section("three", "x", path)
-    assert "machine:" in common.machine_info()
