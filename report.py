@@ -3,7 +3,7 @@
     python report.py <experiment folder or name> [--out DIR]       # tables, best configs, figures
     python report.py --ablate <experiment> [--seeds 3] [--epochs N] [--address auto]
                                            # also retrain the best config with each component off
-    python report.py --figures [retrain] <experiment>   # also what the best model learned
+    python report.py --figures <experiment> [--figures-from retrain]   # also what the best model learned
 
 Reads only the experiment folder's JSON / YAML files (Tune's result.json, params.json, error.txt,
 experiment_state-*.json; tune_main.py's space.json, base_config.yaml, data.json), never its pickles,
@@ -65,12 +65,20 @@ def parse_args(argv):
     p.add_argument("--num-cpus", type=int, default=None, help="--ablate: CPUs of a local Ray (default: all)")
     p.add_argument("--gpus-per-task", type=float, default=0.0,
                    help="--ablate: GPUs per training task, a fraction shares one (default 0: CPUs only)")
-    p.add_argument("--figures", nargs="?", const="checkpoint", choices=("checkpoint", "retrain"), default=None,
+    p.add_argument("--figures", action="store_true",
                    help="also draw what the best model learned (PR curves, AP per class, t-SNE map, retrieval "
-                        "examples, embeddings): from the best trial's last Tune checkpoint (default), or "
-                        "'retrain' its config here (costs one trial's training); with --ablate also trains "
-                        "the DCCA-only baseline")
-    args = p.parse_args(argv)
+                        "examples, embeddings); with --ablate also trains the DCCA-only baseline")
+    p.add_argument("--figures-from", choices=("checkpoint", "retrain"), default=None,
+                   help="--figures: the best trial's last Tune checkpoint (default), or 'retrain' its config "
+                        "here (costs one trial's training); implies --figures")
+    args, extra = p.parse_known_args(argv)
+    if extra:
+        if args.experiment in ("checkpoint", "retrain"):  # the old `--figures retrain <experiment>`
+            p.error(f"--figures takes no value: use --figures --figures-from {args.experiment}")
+        p.error(f"unrecognized arguments: {' '.join(extra)}")
+    if args.figures_from is not None:
+        args.figures = True
+    args.figures_from = args.figures_from or "checkpoint"
     from harness import UsageError
     from harness.ray_setup import check_gpus_per_trial
 
@@ -95,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         facts = write_report(exp, out, top_n=args.top, importance=args.importance)
         stopped = None
         if args.figures:  # before --ablate's Ray tasks: a bad checkpoint fails fast
-            learned = write_learned(exp, out, facts["best"], args.figures, args.ablate, args.epochs)
+            learned = write_learned(exp, out, facts["best"], args.figures_from, args.ablate, args.epochs)
             facts["written"] += learned["written"]
             facts["learned"] = learned["summary"]
         if args.ablate:

@@ -4,7 +4,7 @@ baselines, AP per class, a t-SNE map of the shared space, retrieval examples, th
 The model: the best trial's last Tune checkpoint (`checkpoint_*/checkpoint.pt`, read with
 torch.load(weights_only=True) through hscmae.checkpoint.load_checkpoint; Tune's own pickles are never
 opened), refused unless saved with the trial's config (the epoch it was saved at is stated); with
-`--figures retrain`, or when the trial has no checkpoint, the config is retrained here (as long as
+`--figures-from retrain`, or when the trial has no checkpoint, the config is retrained here (as long as
 one trial took). Everything is scored on the test split, after the test-time CCA the final
 evaluation chose on validation (the embeddings the retrieval protocol scores).
 """
@@ -51,7 +51,7 @@ def best_model(exp: Experiment, best: pd.Series, how: str = "checkpoint", log=pr
     require_classes(data, cfg.data)
     ckpt = last_checkpoint(os.path.join(exp.path, best["trial_dir"])) if how == "checkpoint" else None
     if ckpt is None:
-        why = "--figures retrain" if how == "retrain" else f"trial {best['trial_id']} has no checkpoint"
+        why = "--figures-from retrain" if how == "retrain" else f"trial {best['trial_id']} has no checkpoint"
         log(f"[report] figures: retraining the best config ({why}; {cfg.epochs} epochs)")
         import tempfile
 

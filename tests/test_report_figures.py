@@ -2,7 +2,8 @@
 style checkpoint and result.json written by the test): every file exists and is listed in
 summary.md; the per-class AP, the PR curve and the test mAP agree with scikit-learn recomputed from
 the exported embeddings and with the trial's own reported scores; a checkpoint of another config
-is one error line."""
+is one error line. Both command forms parse: the README's `report.py --figures <experiment>` and
+`report.py <experiment> --figures`; `--figures-from retrain` retrains even where a checkpoint exists."""
 import json
 
 import numpy as np
@@ -50,7 +51,7 @@ def figures(tmp_path_factory):
     root = tmp_path_factory.mktemp("figs")
     exp, final, data = _experiment(root, TINY)
     out = root / "report"
-    assert report.main([str(exp), "--out", str(out), "--figures"]) == 0
+    assert report.main(["--figures", str(exp), "--out", str(out)]) == 0  # the README's form
     return out, final, data
 
 
@@ -120,15 +121,43 @@ def test_a_checkpoint_of_another_config_is_one_error_line(tmp_path, capsys):
     assert len(err) == 1 and err[0].startswith("error: ") and "hidden_dim" in err[0] and "checkpoint.pt" in err[0]
 
 
-def test_without_a_checkpoint_the_config_is_retrained_to_the_same_model(tmp_path):
+@pytest.mark.parametrize("how", ["no checkpoint", "--figures-from retrain"])
+def test_without_a_checkpoint_or_when_asked_the_config_is_retrained_to_the_same_model(tmp_path, how):
     """config + seed -> the same model: a retrain scores exactly what the trial reported."""
     exp, final, _ = _experiment(tmp_path, TINY)
-    for p in (exp / TRIAL).glob("checkpoint_*/checkpoint.pt"):
-        p.unlink()
     out = tmp_path / "r"
-    assert report.main([str(exp), "--out", str(out), "--figures"]) == 0
-    assert "retrained here" in (out / "summary.md").read_text()
+    if how == "no checkpoint":
+        for p in (exp / TRIAL).glob("checkpoint_*/checkpoint.pt"):
+            p.unlink()
+        argv = [str(exp), "--out", str(out), "--figures"]  # the experiment first: the other form
+    else:
+        argv = ["--figures", str(exp), "--figures-from", "retrain", "--out", str(out)]
+    assert report.main(argv) == 0
+    summary = (out / "summary.md").read_text()
+    assert "retrained here" in summary and (how != "--figures-from retrain" or "--figures-from retrain" in summary)
     c = pd.read_parquet(out / "pr_curves.parquet")
     got = c[c["method"] == "HSC-MAE"].groupby("direction")["map"].first()
     assert got["a2v"] == pytest.approx(final["test_map_a2v"], abs=1e-9)
     assert got["v2a"] == pytest.approx(final["test_map_v2a"], abs=1e-9)
+
+
+@pytest.mark.parametrize("argv, figures, source", [
+    (["--figures", "EXP"], True, "checkpoint"),
+    (["EXP", "--figures"], True, "checkpoint"),
+    (["--figures", "EXP", "--figures-from", "retrain"], True, "retrain"),
+    (["EXP", "--figures-from", "checkpoint"], True, "checkpoint"),
+    (["EXP"], False, "checkpoint"),
+])
+def test_figures_is_a_flag_and_figures_from_picks_the_model(argv, figures, source):
+    args = report.parse_args(argv)
+    assert (args.experiment, args.figures, args.figures_from) == ("EXP", figures, source)
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--figures", "retrain", "EXP"], "--figures takes no value: use --figures --figures-from retrain"),
+    (["--figures", "EXP", "--figures-from", "best"], "invalid choice: 'best'"),
+])
+def test_the_old_or_a_bad_figures_form_is_one_usage_error(argv, says, capsys):
+    with pytest.raises(SystemExit) as e:
+        report.parse_args(argv)
+    assert e.value.code == 2 and says in capsys.readouterr().err
