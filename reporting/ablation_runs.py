@@ -37,14 +37,18 @@ def run_ablation(exp: Experiment, out: str, best: pd.Series | None, seeds: int, 
         stop.restore()
 
 
-def _retrain_and_write(exp, out, best, runs, data, stop, log, gpus_per_task) -> list[str]:
+def retrain_on_ray(configs: list[dict], data, stop: "_StopOnSignal", gpus_per_task: float = 0.0,
+                   describe=lambda i: f"run {i}", on_result=None, log=print, what: str = "retrain") -> list[dict]:
+    """Train each config (hscmae.ablation.train_one) as a Ray task on the shared `data`; results in
+    the configs' order. on_result(i, result) is called as each one finishes (so a caller can store
+    it at once); after a signal (stop), the rest are cancelled and marked interrupted. Ray must be
+    up; it is shut down at the end."""
     import ray
 
     from harness import UsageError
     from harness.ray_setup import gpu_slots
 
-    results: list[dict] = [{"error": r.changes} if r.config is None else {} for r in runs]
-    todo: dict = {}
+    results: list[dict] = [{} for _ in configs]
     try:
         data_ref = ray.put(data)  # once: every task reads the same object
         if gpus_per_task:  # a cluster without GPUs would queue the tasks forever
@@ -54,7 +58,7 @@ def _retrain_and_write(exp, out, best, runs, data, stop, log, gpus_per_task) -> 
                 raise ReportError(str(e)) from None
         # a task with a GPU share sees it through CUDA_VISIBLE_DEVICES, so device "auto" trains on it
         task = ray.remote(num_cpus=1, num_gpus=gpus_per_task)(ablation.train_one)
-        todo = {task.remote(r.config.to_dict(), data_ref): i for i, r in enumerate(runs) if r.config is not None}
+        todo = {task.remote(c, data_ref): i for i, c in enumerate(configs)}
         pending, t0 = list(todo), time.time()
         while pending and stop.signum is None:
             # the handler only records the signal (an exception raised inside ray.wait's native
@@ -63,11 +67,12 @@ def _retrain_and_write(exp, out, best, runs, data, stop, log, gpus_per_task) -> 
             if not done:
                 continue
             i = todo[done[0]]
-            results[i] = ray.get(done[0])
-            r, res = runs[i], results[i]
+            results[i] = res = ray.get(done[0])
+            if on_result is not None:
+                on_result(i, res)
             msg = f"test_map {res['test_map']:.4f}" if "test_map" in res else f"error: {res['error'][:120]}"
-            log(f"[report] ablation {len(todo) - len(pending)}/{len(todo)} ({time.time() - t0:.0f}s): "
-                f"{r.component} seed {r.seed}: {msg}")
+            log(f"[report] {what} {len(todo) - len(pending)}/{len(todo)} ({time.time() - t0:.0f}s): "
+                f"{describe(i)}: {msg}")
         for ref in pending:  # after a signal: stop the rest, mark them
             results[todo[ref]] = {"error": f"interrupted ({stop.name}) before it finished"}
             try:
@@ -76,6 +81,17 @@ def _retrain_and_write(exp, out, best, runs, data, stop, log, gpus_per_task) -> 
                 pass
     finally:
         ray.shutdown()
+    return results
+
+
+def _retrain_and_write(exp, out, best, runs, data, stop, log, gpus_per_task) -> list[str]:
+    results: list[dict] = [{"error": r.changes} if r.config is None else {} for r in runs]
+    todo = [i for i, r in enumerate(runs) if r.config is not None]
+    done = retrain_on_ray([runs[i].config.to_dict() for i in todo], data, stop, gpus_per_task,
+                          describe=lambda j: f"{runs[todo[j]].component} seed {runs[todo[j]].seed}", log=log,
+                          what="ablation")
+    for i, res in zip(todo, done):
+        results[i] = res
 
     per_seed = _frame([{"component": r.component, "seed": r.seed, "epochs": r.config.epochs if r.config else None,
                         **{m: res.get(m) for m in (*ablation.METRICS, "test_cca")}, "error": res.get("error")}
@@ -92,18 +108,21 @@ def _retrain_and_write(exp, out, best, runs, data, stop, log, gpus_per_task) -> 
     md, tex = component_markdown_latex(summary, len({r.seed for r in runs}), best["trial_id"])
     _write(out, "component_ablation.md", md, written)
     _write(out, "component_ablation.tex", tex, written)
-    finished = sum(bool(results[i]) and "error" not in results[i] for i in todo.values())
+    finished = sum(bool(results[i]) and "error" not in results[i] for i in todo)
     if stop.signum is not None and finished < len(todo):
-        raise AblationInterrupted(stop.signum, finished, len(todo), written)
+        raise RetrainsInterrupted(stop.signum, finished, len(todo), written)
     return written
 
 
-class AblationInterrupted(Exception):
-    """A signal stopped the retrains; the finished ones are written (in `written`)."""
+class RetrainsInterrupted(Exception):
+    """A signal stopped the retrains (--ablate, --confirm); the finished ones are written (in `written`)."""
 
     def __init__(self, signum: int, finished: int, total: int, written: list[str]):
         super().__init__(signum, finished, total, written)
         self.signum, self.finished, self.total, self.written = signum, finished, total, written
+
+
+AblationInterrupted = RetrainsInterrupted  # its older name (report.py)
 
 
 class _StopOnSignal:
