@@ -41,7 +41,9 @@ def run_trial(params: dict, data=None, base: dict | None = None, fixed: dict | N
                 tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
         else:
             tune.report(metrics)
+        _test_hold(metrics["epoch"])
 
+    _test_hold(0)  # test-only (HSCMAE_TEST_HOLD unset: a no-op); so is the call in on_epoch
     try:
         # grid_epochs: ASHA's rungs, where the reported val_map is the final evaluation's protocol
         # (test-time CCA chosen on val); the epochs between keep the latest choice
@@ -78,3 +80,25 @@ def _node_id() -> str:
     import ray
 
     return ray.get_runtime_context().get_node_id()
+
+
+def _test_hold(epoch: int) -> None:
+    """TEST-ONLY hook, never set outside the tests (tests/conftest.py's Hold):
+    HSCMAE_TEST_HOLD=<epoch>:<dir> makes a trial, once it has reported epoch <epoch> to Tune (0: as
+    it starts, before training), write <dir>/held-<trial id>.json ({trial_id, pid, epoch}) and wait
+    until <dir>/release exists. A test then acts on a known state (a trial mid-way, another
+    finished) instead of polling for a moment in time. Unset: returns at once."""
+    spec = os.environ.get("HSCMAE_TEST_HOLD")
+    if not spec or int(spec.partition(":")[0]) != epoch:
+        return
+    import time
+
+    from ray import tune
+
+    from hscmae.io import atomic_write_json
+
+    d = spec.partition(":")[2]
+    trial = tune.get_context().get_trial_id()
+    atomic_write_json(os.path.join(d, f"held-{trial}.json"), {"trial_id": trial, "pid": os.getpid(), "epoch": epoch})
+    while not os.path.exists(os.path.join(d, "release")):
+        time.sleep(0.05)

@@ -3,10 +3,10 @@
 storage. The same faults inside a real search are in test_faults_search.py."""
 import errno
 import glob
+import io
 import multiprocessing
 import os
 import pickle
-import random
 import shutil
 import signal
 import subprocess
@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 import harness.trainable
 import tune_main
+from hscmae import checkpoint as C
 from hscmae import train as T
 from hscmae.config import config_from_dict
 from hscmae.data import load_data
@@ -29,11 +30,6 @@ from search_spaces import get_space
 TINY = {"data": "synthetic:tiny", "hidden_dim": 32, "embed_dim": 16, "batch_size": 64, "cca_dim": 4,
         "top_k": 3, "epochs": 2}
 FEW = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    return load_data("synthetic:tiny")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -91,8 +87,8 @@ def test_truncated_checkpoint_is_refused_at_any_length(tmp_path_factory, good_ck
     raw = path.read_bytes()
     bad = tmp_path_factory.mktemp("t") / "checkpoint.pt"
     bad.write_bytes(raw[: int(len(raw) * frac)])
-    with pytest.raises(T.CheckpointError, match=str(bad)):
-        T.load_checkpoint(str(bad))
+    with pytest.raises(C.CheckpointError, match=str(bad)):
+        C.load_checkpoint(str(bad))
 
 
 @FEW
@@ -112,9 +108,9 @@ def test_a_flipped_byte_anywhere_in_a_tensor_is_refused(tmp_path_factory, good_c
     raw[at] ^= data.draw(st.integers(1, 255))
     bad = tmp_path_factory.mktemp("f") / "checkpoint.pt"
     bad.write_bytes(bytes(raw))
-    with pytest.raises(T.CheckpointError, match="fails its CRC-32 check"):
-        T.load_checkpoint(str(bad))
-    with pytest.raises(T.CheckpointError):  # and fit refuses to resume from it
+    with pytest.raises(C.CheckpointError, match="fails its CRC-32 check"):
+        C.load_checkpoint(str(bad))
+    with pytest.raises(C.CheckpointError):  # and fit refuses to resume from it
         T.fit(cfg, load_data("synthetic:tiny"), resume_from=str(bad), log=None)
 
 
@@ -195,7 +191,7 @@ def test_tune_trainable_refuses_a_corrupt_trial_checkpoint_naming_it(tmp_path, m
     else:
         f.unlink()
     reports = []
-    with pytest.raises(T.CheckpointError, match=r"Tune checkpoint .*checkpoint_000001") as e:
+    with pytest.raises(C.CheckpointError, match=r"Tune checkpoint .*checkpoint_000001") as e:
         reports = _run_trial(monkeypatch, tiny, ck).reports
     assert "hscmae-resume-" not in str(e.value), e.value
     assert reports == []
@@ -209,45 +205,68 @@ def test_tune_trainable_refuses_a_corrupt_trial_checkpoint_naming_it(tmp_path, m
 # ------------------------------------------------------------------------------------------------
 # SIGKILL while a checkpoint is being written
 # ------------------------------------------------------------------------------------------------
-def _write_forever(path, big, first):
-    """Child: save checkpoints epoch after epoch until killed (torch.save only: no OpenMP after fork)."""
-    for epoch in range(first, 10**9):
-        T.save_checkpoint(path, {"model": {"w": big, "epoch": torch.tensor(epoch)}, "optimizer": {},
-                                 "log_vars": {}, "epoch": epoch, "generator": torch.Generator().get_state(),
-                                 "config": {}})
+def _ckpt_state(big, epoch):
+    return {"model": {"w": big, "epoch": torch.tensor(epoch)}, "optimizer": {}, "log_vars": {}, "epoch": epoch,
+            "generator": torch.Generator().get_state(), "config": {}}
+
+
+def _write_then_stop_inside(path, big, epoch, where, inside):
+    """Child: save checkpoint `epoch` whole, then start saving epoch + 1 and stop inside that write
+    at `where` -- half its bytes written ("bytes"), all written but not synced ("fsync"), synced but
+    not renamed onto the path ("replace") -- set `inside` and wait to be killed. (torch.save only:
+    no OpenMP after fork. The patches live in this forked child only.)"""
+    C.save_checkpoint(path, _ckpt_state(big, epoch))
+
+    def stop(*_):
+        inside.set()
+        while True:
+            time.sleep(1)
+
+    if where == "bytes":
+        real = torch.save
+
+        def half_save(obj, f):
+            buf = io.BytesIO()
+            real(obj, buf)
+            raw = buf.getvalue()
+            f.write(raw[: len(raw) // 2])
+            f.flush()
+            stop()
+        torch.save = half_save
+    elif where == "fsync":
+        os.fsync = stop
+    else:
+        os.replace = stop
+    C.save_checkpoint(path, _ckpt_state(big, epoch + 1))
 
 
 def test_sigkill_while_a_checkpoint_is_written_leaves_the_old_or_the_new_one(tmp_path):
-    """A writer killed with SIGKILL at random moments: checkpoint.pt always loads, whole and
-    consistent (hscmae.io.atomic_write: temp file, fsync, os.replace). The kills must land inside
-    writes (a temp file left behind proves it) or the test proves nothing. (With a plain torch.save
-    to the path, the same test fails on the first kill that lands mid-write.)"""
+    """A writer killed with SIGKILL inside a write of a new checkpoint, at each stage of it (half
+    the bytes, all bytes before fsync, synced before the rename): checkpoint.pt always loads, whole
+    and consistent, as the previous checkpoint (hscmae.io.atomic_write: temp file, fsync,
+    os.replace). The writer stops itself inside the write and says so, so every kill lands there
+    (the temp file left behind proves it). (With a plain torch.save to the path, the same test fails
+    on the first kill: the half-written file is the checkpoint.)"""
     path = str(tmp_path / "checkpoint.pt")
-    big = torch.arange(4_000_000, dtype=torch.float32)  # 16 MB: a write takes ~10-50 ms
-    rng, last, mid_write = random.Random(0), 0, 0
+    big = torch.arange(4_000_000, dtype=torch.float32)  # 16 MB
     ctx = multiprocessing.get_context("fork")
-    for _ in range(6):
-        p = ctx.Process(target=_write_forever, args=(path, big, last + 1))
+    for epoch, where in enumerate(["bytes", "fsync", "replace"] * 2, start=1):
+        inside = ctx.Event()
+        p = ctx.Process(target=_write_then_stop_inside, args=(path, big, epoch, where, inside))
         p.start()
-        try:  # (reading while it writes is a test too: a reader must never see half a file)
-            deadline = time.time() + 30
-            while not (os.path.exists(path) and T.load_checkpoint(path)["epoch"] > last):
-                assert time.time() < deadline and p.is_alive(), "the writer made no checkpoint"
-                time.sleep(0.01)
-            time.sleep(rng.uniform(0.0, 0.2))
+        try:
+            assert inside.wait(60), f"the writer never got inside the write ({where})"
+            # (reading while it is inside a write is a test too: a reader must never see half a file)
+            assert C.load_checkpoint(path)["epoch"] == epoch
         finally:
             os.kill(p.pid, signal.SIGKILL)
             p.join()
         left = glob.glob(os.path.join(tmp_path, ".checkpoint.pt.*.tmp"))
-        mid_write += bool(left)
-        for f in left:  # SIGKILL runs no cleanup: the temp file stays (harmless, never read)
-            os.unlink(f)
-        state = T.load_checkpoint(path)  # raises CheckpointError if half-written
-        assert state["model"]["epoch"].item() == state["epoch"] > last
+        assert len(left) == 1, (where, left)  # SIGKILL runs no cleanup: the temp file stays
+        os.unlink(left[0])  # (harmless, never read)
+        state = C.load_checkpoint(path)  # raises CheckpointError if half-written
+        assert state["model"]["epoch"].item() == state["epoch"] == epoch, where
         assert torch.equal(state["model"]["w"], big)
-        last = state["epoch"]
-    assert mid_write >= 2, f"only {mid_write} of 6 kills landed inside a write"
-    print(f"[measured] {mid_write} of 6 kills landed inside a checkpoint write; every checkpoint loaded")
 
 
 # ------------------------------------------------------------------------------------------------

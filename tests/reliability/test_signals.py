@@ -1,12 +1,17 @@
 """Interrupting a real search (smoke space, subprocesses, real signals) three times, each time
 resuming with the command the driver printed:
 
-1. Ctrl-C while the first trials are still pending, as a terminal sends it (SIGINT to the driver's
-   process group);
+1. Ctrl-C once the first trials have started, before any reported an epoch, as a terminal sends it
+   (SIGINT to the driver's process group);
 2. SIGTERM to the driver mid-trial (as `kill`, a job scheduler's stop or Kubernetes sends it);
-3. Ctrl-C mid-trial after a trial finished, and a second Ctrl-C while Tune is saving;
+3. Ctrl-C mid-trial after the other trials finished, and a second Ctrl-C while Tune is saving;
 4. the printed command again, to the end;
 5. `report.py --ablate` on it, Ctrl-C once a retrain has finished: exit 130, what finished kept.
+
+No step waits for a moment in time: each interrupted run is started with harness/trainable.py's
+test-only HSCMAE_TEST_HOLD hook (conftest.Hold), so its trials stop at a known epoch and the signal
+is sent in a state that stays put until the run is interrupted (the ablation's retrains are held
+likewise by a sitecustomize hook: one finishes, the others wait).
 
 Each interrupted run must exit 130 / 143 within a bounded time, with no Python traceback and no
 native "*** SIGTERM received" dump on stderr, and print one status block whose counts match the
@@ -21,11 +26,9 @@ import json
 import os
 import re
 import shlex
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 
 import pandas as pd
@@ -34,24 +37,16 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _procs as P  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from conftest import ROOT, SEARCH_ENV as ENV, Hold  # noqa: E402
 sys.path.insert(0, ROOT)
 from reporting.experiment import load_experiment  # noqa: E402
-ENV = {**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "1", "RAY_AUTH_MODE": "token", "PYTHONUNBUFFERED": "1"}
-N, EPOCHS = 3, 4  # trials, epochs per trial: as small as still has a trial finish while another runs
+N, EPOCHS = 3, 4  # trials, epochs per trial (--max-concurrent 2: the third trial waits for a free slot)
 EXIT_BOUND_S = 90  # signal to exit; ~10 s measured on the loaded 2-core machine, generous for CI
 pytestmark = pytest.mark.slow
 
 BLOCK = re.compile(r"\[hscmae\] interrupted \((SIGINT|SIGTERM)\) after ([\d.]+) min: (\d+) of (\d+) trials "
                    r"finished \((\d+) stopped early by ASHA, (\d+) errored\), (\d+) were running, (\d+) not "
                    r"started; nothing is lost\n\[hscmae\] resume with: (.+)\n")
-
-
-@pytest.fixture
-def ray_tmpdir():
-    d = tempfile.mkdtemp(prefix="rs-", dir="/tmp")  # short: unix socket paths are limited to 107 bytes
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
 
 
 def tune_cmd(storage, name):
@@ -63,11 +58,12 @@ def tune_cmd(storage, name):
 class Run:
     """One driver in its own session (its process group = what a terminal's Ctrl-C reaches)."""
 
-    def __init__(self, cmd, tmp, tag, ray_tmpdir):
+    def __init__(self, cmd, tmp, tag, ray_tmpdir, env=None):
         self.t0 = time.time()
         self.out, self.err = tmp / f"{tag}.out", tmp / f"{tag}.err"
         self.p = subprocess.Popen(cmd, stdout=open(self.out, "w"), stderr=open(self.err, "w"),
-                                  env={**ENV, "RAY_TMPDIR": ray_tmpdir}, cwd=ROOT, start_new_session=True)
+                                  env={**ENV, "RAY_TMPDIR": ray_tmpdir, **(env or {})}, cwd=ROOT,
+                                  start_new_session=True)
 
     def wait_for(self, cond, timeout, what):
         end = time.time() + timeout
@@ -183,35 +179,72 @@ def finished_texts(exp, state) -> dict[str, str]:
             for t, (s, _) in state.items() if s in ("TERMINATED", "ERROR") and t in trial_dirs(exp)}
 
 
-def test_sigint_pending_sigterm_mid_trial_sigint_twice_each_resumed_with_the_printed_command(tmp_path, ray_tmpdir):
+ABLATION_HOLD = """
+# Test hook, loaded by every Python process of the test's report.py --ablate (driver, Ray workers)
+# through PYTHONPATH: the first retrain to start runs; every other one waits (until the Ctrl-C
+# stops it), so "one retrain finished, the others not" is a state the test waits for, not a moment.
+import os
+
+if os.environ.get("HSCMAE_TEST_ABLATION_GATE"):
+    import time
+
+    from hscmae import ablation
+
+    _train_one = ablation.train_one
+
+    def train_one(*args, **kwargs):
+        try:
+            os.close(os.open(os.environ["HSCMAE_TEST_ABLATION_GATE"], os.O_CREAT | os.O_EXCL))
+        except FileExistsError:  # not the first: wait to be stopped
+            while True:
+                time.sleep(0.5)
+        return _train_one(*args, **kwargs)
+
+    ablation.train_one = train_one
+"""
+
+
+def test_sigint_before_epochs_sigterm_mid_trial_sigint_twice_each_resumed_with_the_printed_command(tmp_path, ray_tmpdir):
     """One search, interrupted three times (each a fresh driver: four Ray start-ups in all, the
-    slowest part of this test), resumed each time with the command the last run printed."""
+    slowest part of this test), resumed each time with the command the last run printed. Each
+    interrupted run holds its trials at a known epoch (conftest.Hold), never released: the signal
+    stops them there."""
     exp = str(tmp_path / "s")
     runs = []
     try:
-        # 1. Ctrl-C (SIGINT to the process group, as a terminal sends it) while Tune has created
-        # trials but none has started: pending trials are "not started", never "stopped early"
-        runs.append(run := Run(tune_cmd(tmp_path, "s"), tmp_path, "r1", ray_tmpdir))
-        run.wait_for(lambda: (st := tune_state(exp)) and all(s == "PENDING" for s, _ in st.values()),
-                     240, "Tune's first saved state, with its trials pending")
+        # 1. Ctrl-C (SIGINT to the process group, as a terminal sends it) once both concurrent
+        # trials have started, held before their first epoch: nothing finished or stopped early
+        hold = Hold(tmp_path / "hold1", 0)
+        runs.append(run := Run(tune_cmd(tmp_path, "s"), tmp_path, "r1", ray_tmpdir, hold.env()))
+
+        def started_none_reported():
+            st = tune_state(exp)
+            return len(hold.held()) == 2 and st and sorted(st.values()) == [("RUNNING", 0)] * 2
+        run.wait_for(started_none_reported, 240, "two trials started and held before their first epoch")
         seconds = interrupt(run, [signal.SIGINT], target_group=True)
         command, state = check_interrupted(run, exp, signal.SIGINT, run.p.returncode, seconds)
         assert command[-1] == "--resume" and command[:-1] == tune_cmd(tmp_path, "s")
-        print(f"[measured] SIGINT while pending: rc {run.p.returncode}, exit {seconds:.1f}s after the signal; "
+        assert all(s not in ("TERMINATED", "ERROR") and e == 0 for s, e in state.values()), state
+        assert " 0 of 3 trials finished (0 stopped early by ASHA, 0 errored)" in open(run.out).read(), run.tail()
+        print(f"[measured] SIGINT before any epoch: rc {run.p.returncode}, exit {seconds:.1f}s after the signal; "
               f"state {sorted(s for s, _ in state.values())}")
         run.cleanup()
 
         # 2. the printed command; SIGTERM to the driver alone (as `kill`, a job scheduler or
-        # Kubernetes sends it) once a trial is mid-way (reported epochs, not done)
-        runs.append(run := Run(command, tmp_path, "r2", ray_tmpdir))
+        # Kubernetes sends it) with both trials mid-way: held after epoch 1 (before ASHA's first
+        # rung at 2, so no trial is stopped meanwhile), its result and checkpoint in Tune's state
+        hold = Hold(tmp_path / "hold2", 1)
+        runs.append(run := Run(command, tmp_path, "r2", ray_tmpdir, hold.env()))
 
-        def mid_trial():
-            return any(lines and not lines[-1].get("done") and lines[-1]["epoch"] < EPOCHS
-                       for lines in result_lines(exp).values())
-        run.wait_for(mid_trial, 240, "a trial mid-way (result.json with epochs, not done)")
+        def both_mid_trial():
+            st, res = tune_state(exp), result_lines(exp)
+            return (len(held := hold.held()) == 2 and st and sorted(st.values()) == [("RUNNING", 1)] * 2
+                    and all(res.get(t) and res[t][-1]["epoch"] == 1 for t in held))
+        run.wait_for(both_mid_trial, 240, "both trials held mid-way, after epoch 1")
         seconds = interrupt(run, [signal.SIGTERM], target_group=False)
         command2, state = check_interrupted(run, exp, signal.SIGTERM, run.p.returncode, seconds)
         assert command2 == command, "the resume command of a resumed search is the same command"
+        assert sorted(e for _, e in state.values()) == [1, 1], state
         print(f"[measured] SIGTERM mid-trial: rc {run.p.returncode}, exit {seconds:.1f}s after the signal; "
               f"state {sorted(s for s, _ in state.values())}")
         before = finished_texts(exp, state)
@@ -221,15 +254,19 @@ def test_sigint_pending_sigterm_mid_trial_sigint_twice_each_resumed_with_the_pri
         assert any(n.startswith("the search was interrupted (SIGTERM at ") and n.endswith(shlex.join(command))
                    for n in notes), notes
 
-        # 3. the printed command; once a trial has finished and another is mid-way, Ctrl-C and a
-        # second Ctrl-C 0.3 s later, while Tune saves: the folder must stay resumable
-        runs.append(run := Run(command2, tmp_path, "r3", ray_tmpdir))
+        # 3. the printed command, holding at epoch 1 again: the two restored trials continue from
+        # their epoch-1 checkpoints past it and finish; the third starts and is held after epoch 1.
+        # Then Ctrl-C and a second Ctrl-C 0.3 s later, while Tune saves: the folder must stay resumable
+        hold = Hold(tmp_path / "hold3", 1)
+        runs.append(run := Run(command2, tmp_path, "r3", ray_tmpdir, hold.env()))
 
-        def one_done_one_mid():
-            res = result_lines(exp)
-            done = [t for t, ls in res.items() if ls and (ls[-1].get("done") or ls[-1]["epoch"] == EPOCHS)]
-            return done and [t for t, ls in res.items() if ls and t not in done]
-        run.wait_for(one_done_one_mid, 300, "one trial finished and another mid-way")
+        def two_done_one_mid():
+            st, held = tune_state(exp), hold.held()
+            if not (st and len(st) == N and len(held) == 1):
+                return False
+            (t,) = held
+            return st.get(t) == ("RUNNING", 1) and all(s == "TERMINATED" for u, (s, _) in st.items() if u != t)
+        run.wait_for(two_done_one_mid, 300, "two trials finished and the third held mid-way")
         seconds = interrupt(run, [signal.SIGINT, signal.SIGINT], target_group=True)
         command3, state = check_interrupted(run, exp, signal.SIGINT, run.p.returncode, seconds)
         assert command3 == command
@@ -240,7 +277,7 @@ def test_sigint_pending_sigterm_mid_trial_sigint_twice_each_resumed_with_the_pri
         for t, text in before.items():  # finished before run 3: unchanged by it
             assert open(os.path.join(trial_dirs(exp)[t], "result.json")).read() == text, f"trial {t} changed"
         before = finished_texts(exp, state)
-        assert before, state
+        assert len(before) == 2, state
         run.cleanup()
 
         # 4. the printed command again, to the end
@@ -251,9 +288,15 @@ def test_sigint_pending_sigterm_mid_trial_sigint_twice_each_resumed_with_the_pri
               f"{len(before)} finished before, their result.json byte-identical")
         assert not any("interrupted" in n or "still running" in n for n in load_experiment(exp).notes)
 
-        # 5. report.py --ablate, Ctrl-C once the first retrain has finished: what finished is kept
+        # 5. report.py --ablate, Ctrl-C once the first retrain has finished (the others held by
+        # ABLATION_HOLD): what finished is kept, the rest is marked interrupted
+        hook = tmp_path / "ablation_hook"
+        hook.mkdir()
+        (hook / "sitecustomize.py").write_text(ABLATION_HOLD)
+        env = {"PYTHONPATH": os.pathsep.join([str(hook), ROOT, os.environ.get("PYTHONPATH", "")]),
+               "HSCMAE_TEST_ABLATION_GATE": str(tmp_path / "ablation_gate")}
         runs.append(run := Run([sys.executable, os.path.join(ROOT, "report.py"), "--ablate", exp, "--seeds", "1",
-                                "--epochs", "2", "--num-cpus", "2"], tmp_path, "a1", ray_tmpdir))
+                                "--epochs", "2", "--num-cpus", "2"], tmp_path, "a1", ray_tmpdir, env))
         first = run.wait_for(lambda: re.findall(r"\[report\] ablation \d+/(\d+) \(\d+s\): (\S+) seed (\d+): "
                                                 r"test_map ([\d.]+)", open(run.out).read()),
                              240, "the first ablation retrain to finish")
@@ -261,6 +304,7 @@ def test_sigint_pending_sigterm_mid_trial_sigint_twice_each_resumed_with_the_pri
         out, err = open(run.out).read(), open(run.err).read()
         assert run.p.returncode == 130 and "Traceback" not in err + out, run.tail()
         done = re.findall(r"\[report\] ablation \d+/\d+ \(\d+s\): (\S+) seed (\d+): test_map ([\d.]+)", out)
+        assert len(done) == 1, out
         rows = pd.read_parquet(os.path.join(exp, "report", "component_runs.parquet"))
         kept = rows[rows["error"].isna()]
         assert sorted((c, int(sd), float(m)) for c, sd, m in done) == \
