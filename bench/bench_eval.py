@@ -5,20 +5,15 @@
     python bench/bench_eval.py --rank LABEL=EXPERIMENT ...   # rank table from searches' report/curves.parquet
     python bench/bench_eval.py --study LABEL=EXPERIMENT ...  # every trial's config retrained to the end
 
-Cost: one epoch of `hscmae.train` with config/hsc_mae.yaml at 1 torch thread and 1 BLAS thread
-(what a trial gets with --cpus-per-trial 1); its training steps are timed, then `embed_all`, then
-on that epoch's embeddings each evaluation of the val split, interleaved within each repeat, medians:
-  before   raw vs one fixed CCA (ridge 1e-3, dim min(embed_dim, 64)): the per-epoch score up to issue 13
-  sweep    raw vs every dimension of CCA_DIMS at ridge 1e-3 (one CCA fit: the dimensions are nested):
-           the first version of issue 13's per-epoch score
-  grid     raw vs CCA_REGS x CCA_DIMS (six fits), the final evaluation's protocol (`protocol_scores`)
-  held     the grid's choice kept: one CCA fit at its ridge and dimension, one val score (`held_scores`)
-and what a default-space trial (60 epochs, ASHA rungs 10 and 30) spends per epoch on average:
-  before trial   before at epochs 1-59, the grid at 60 (the final evaluation)
-  sweep trial    the grid at 10, 30 and 60, sweep at the other 57
-  now trial      the grid at 1, 10, 30 and 60 (fit's choice epochs), held at the other 56;
-                 "excl. final" leaves out the last epoch's grid, which every variant pays
-Every percentage is of that epoch's training-step time (embedding excluded; it is its own column).
+Cost: `hscmae.train.fit` with config/hsc_mae.yaml at 1 torch thread and 1 BLAS thread (what a
+trial gets with --cpus-per-trial 1) for 3 epochs, scored as a trial's epochs are: epoch 1 the full
+grid (raw vs CCA_REGS x CCA_DIMS, `protocol_scores`), epoch 2 the grid's choice held (one CCA fit at
+its ridge and dimension, one val score, `held_scores`), epoch 3 the final evaluation (the grid, with
+test). Every time is fit's own: train_s (the training steps) and eval_s (embedding every clip and
+scoring) of that epoch; --repeat runs, medians. A default-space trial (60 epochs, ASHA rungs 10 and
+30) evaluates with the grid at epochs 1, 10 and 30, held at the other 56 and the final at 60:
+  trial eval % = (3 grid + 56 held + final) / (60 x epoch train s), the evaluation's share of the
+  trial's training time.
 
 Study (--study): a search's ASHA stops most trials, so only a few reach the end and the rank
 correlation of --rank rests on 3-11 points. The study takes the configs of all of a search's
@@ -45,23 +40,21 @@ if _REPO not in sys.path:
     sys.path.insert(0, _REPO)
 
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 
 from hscmae.data.real import shared_folder  # noqa: E402
 from bench.common import command_line, machine_info, md_table, one_thread, parser, publish, torch_threads_kept  # noqa: E402
 from harness import asha_rungs  # noqa: E402
 from hscmae import train as T  # noqa: E402
-from hscmae.cca import CCA_REGS  # noqa: E402
 from hscmae.config import load_config  # noqa: E402
 from hscmae.data import load_data_for  # noqa: E402
-from hscmae.protocol import SWEEP_CCA_REG, held_scores, protocol_scores  # noqa: E402
+from hscmae.protocol import EvalSchedule, protocol_scores  # noqa: E402
 
 SECTION, RANK_SECTION = "bench_eval", "bench_eval_rank"
 CONFIG = os.path.join(_REPO, "config", "hsc_mae.yaml")
 FULL_DATA = ["synthetic:ave", "synthetic:vegas"]  # + the digits halves where the shared folder is
 EPOCHS, RUNGS = 60, (10, 30)  # the default space: 60 epochs, ASHA grace 10, rf 3
-COLUMNS = ["data", "train/val clips", "steps", "epoch train s", "embed s", "before s", "sweep s", "grid s",
-           "held s", "before trial %", "sweep trial %", "now trial %", "now excl. final %"]
+COLUMNS = ["data", "train/val clips", "steps", "epoch train s", "grid eval s", "held eval s", "final eval s",
+           "trial eval %"]
 TABLES = {"cost": COLUMNS}
 RANK_COLUMNS = ["search", "full trials", "per-epoch dims seen", "final dims", "rho at rungs and last-1",
                 "step at last epoch", "step at rungs", "best val / test", "winner retrained: test mAP"]
@@ -69,48 +62,25 @@ TARGET = 15.0  # % of an epoch's training time
 
 
 def cost_row(source: str, repeat: int) -> dict:
-    cfg = load_config(CONFIG, {"data": source, "threads": 1, "epochs": 1})
+    cfg = load_config(CONFIG, {"data": source, "threads": 1, "epochs": 3})
     data = load_data_for(cfg)
-    model, log_vars, opt, gen = T.build_training(cfg, data)
-    train_idx = torch.from_numpy(data.splits["train"])
-    audio, visual = torch.from_numpy(data.audio), torch.from_numpy(data.visual)
-    b, steps = cfg.batch_size, len(train_idx) // cfg.batch_size
-    order = train_idx[torch.randperm(len(train_idx), generator=gen)]
-    t0 = time.perf_counter()
-    for i in range(steps):  # fit()'s loop
-        idx = order[i * b:(i + 1) * b]
-        T.optimizer_step(model, cfg, opt, log_vars, audio.index_select(0, idx), visual.index_select(0, idx), gen)
-    train_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    za, zv = T.embed_all(model, data, cfg.eval_encoder)
-    embed_s = time.perf_counter() - t0
-    before_cfg = dataclasses.replace(cfg, test_cca_dim=min(cfg.embed_dim, 64))
-    grid = protocol_scores(za, zv, data, cfg, ("val",))
-    choice = (grid["test_cca_reg"], int(grid["test_cca_dim"]))
-    runs = {"before": lambda: protocol_scores(za, zv, data, before_cfg, ("val",)),
-            "sweep": lambda: protocol_scores(za, zv, data, cfg, ("val",), (SWEEP_CCA_REG,)),
-            "grid": lambda: protocol_scores(za, zv, data, cfg, ("val",), CCA_REGS),
-            "held": lambda: held_scores(za, zv, data, cfg, choice)}
-    times = {k: [] for k in runs}
-    for _ in range(repeat):  # interleaved, so load changes hit every variant alike
-        for k, fn in runs.items():
-            t0 = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t0)
-    t = {k: float(np.median(v)) for k, v in times.items()}
-    choose = {1, *RUNGS, EPOCHS}  # fit's choice epochs in a default-space trial
-    trial = {"before trial": ((EPOCHS - 1) * t["before"] + t["grid"]) / EPOCHS,
-             "sweep trial": ((len(RUNGS) + 1) * t["grid"] + (EPOCHS - len(RUNGS) - 1) * t["sweep"]) / EPOCHS,
-             "now trial": (len(choose) * t["grid"] + (EPOCHS - len(choose)) * t["held"]) / EPOCHS,
-             "now excl. final": ((len(choose) - 1) * t["grid"] + (EPOCHS - len(choose)) * t["held"]) / EPOCHS}
+    runs = []
+    for _ in range(repeat):
+        seen: list[dict] = []
+        T.fit(cfg, data, on_epoch=lambda m, save: seen.append(m), log=None, schedule=EvalSchedule(grid_epochs=(1,)))
+        runs.append(seen)
+    med = lambda epoch, key: float(np.median([r[epoch - 1][key] for r in runs]))  # noqa: E731
+    train_s = float(np.median([m["train_s"] for r in runs for m in r]))
+    t = {"grid": med(1, "eval_s"), "held": med(2, "eval_s"), "final": med(3, "eval_s")}
+    n_grid = len({1, *RUNGS})  # fit's choice epochs before the last in a default-space trial
+    trial = (n_grid * t["grid"] + (EPOCHS - n_grid - 1) * t["held"] + t["final"]) / EPOCHS
+    first = runs[0][0]
     name = "digits halves" if source.rstrip("/").endswith("sk_digits_halves") else source
-    row = {"data": name, "train/val clips": f"{len(train_idx)}/{len(data.splits['val'])}", "steps": steps,
-           "epoch train s": train_s, "embed s": embed_s, "choice": f"ridge {choice[0]:g}, dim {choice[1]}"}
-    for k in runs:
-        row[f"{k} s"] = t[k]
-    for k, v in trial.items():
-        row[f"{k} %"] = 100 * v / train_s
-    return row
+    return {"data": name, "train/val clips": f"{len(data.splits['train'])}/{len(data.splits['val'])}",
+            "steps": len(data.splits["train"]) // cfg.batch_size, "epoch train s": train_s,
+            "grid eval s": t["grid"], "held eval s": t["held"], "final eval s": t["final"],
+            "trial eval %": 100 * trial / train_s,
+            "choice": f"ridge {first['test_cca_reg']:g}, dim {int(first['test_cca_dim'])}"}
 
 
 def retrained(pattern: str | None) -> str:
@@ -167,21 +137,16 @@ def _study_run(args: tuple) -> dict:
     cfg = config_from_dict({**cfg_dict, "threads": 1})
     data = load_data_for(cfg)
     before_cfg = dataclasses.replace(cfg, test_cca_dim=min(cfg.embed_dim, 64))
-    seen, embed = {}, T.embed_all
 
-    def capture(*a, **k):
-        seen["z"] = embed(*a, **k)
-        return seen["z"]
+    def before(epoch, za, zv):  # the old per-epoch score, on the same epoch's embeddings
+        return {"val_map_before": protocol_scores(za, zv, data, before_cfg, ("val",))["val_map"]}
     out = {}
 
     def on_epoch(m, save):
-        old = protocol_scores(*seen["z"], data, before_cfg, ("val",))["val_map"]
-        out[m["epoch"]] = (m["val_map"], old)
-    T.embed_all = capture
+        out[m["epoch"]] = (m["val_map"], m["val_map_before"])
     try:
-        T.fit(cfg, data, on_epoch=on_epoch, log=None, grid_epochs=rungs)
+        T.fit(cfg, data, on_epoch=on_epoch, log=None, schedule=EvalSchedule(rungs, extra=before))
     finally:
-        T.embed_all = embed
         if limits is not None:
             limits.unregister()
     return out
@@ -221,31 +186,30 @@ def study_rows(specs: list[str], workers: int, max_trials: int | None = None) ->
 
 
 def cost_section(rows: list[dict], info: str, load, command: str, repeat: int) -> str:
-    worst = max(r["now trial %"] for r in rows)
+    worst = max(r["trial eval %"] for r in rows)
     fmt = {c: ".3f" for c in COLUMNS if c.endswith(" s")} | {c: ".1f" for c in COLUMNS if c.endswith("%")}
     return "\n".join([
         "## Per-epoch validation cost (`bench/bench_eval.py`)", "", info,
         f"- load average at end: {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}",
         f"- command: `{command}`",
-        f"- config/hsc_mae.yaml (batch 64, embed 128), 1 torch + 1 BLAS thread; one epoch's training steps, then "
-        f"its embeddings scored on val, median of {repeat} interleaved repeat(s). before = raw vs one fixed CCA "
-        "(ridge 1e-3, dim 64; the per-epoch score up to issue 13); sweep = raw vs every CCA dimension at ridge 1e-3 "
-        "(one fit; issue 13's first version between rungs); grid = raw vs the final evaluation's 6 ridges x 8 dims; "
-        "held = the grid's choice kept (one fit, one val score). Per-epoch means over a default-space trial (60 "
-        "epochs, rungs 10 and 30): before trial = before at epochs 1-59 + the final grid; sweep trial = grid at "
-        "10, 30, 60 + sweep at the other 57; now trial = grid at fit's choice epochs 1, 10, 30, 60 + held at the "
-        "other 56; excl. final = without the last epoch's grid (the final evaluation, paid by every variant). "
-        "% = of the epoch's training-step time; embedding every clip (embed s) is paid by all variants alike.", "",
+        f"- config/hsc_mae.yaml (batch 64, embed 128), 1 torch + 1 BLAS thread; `hscmae.train.fit` for 3 epochs "
+        f"(epoch 1 the grid, 2 held, 3 the final evaluation), its own train_s / eval_s, median of {repeat} run(s). "
+        "grid = raw vs the final evaluation's 6 ridges x 8 dims chosen on val; held = the grid's choice kept (one "
+        "fit, one val score); final = the grid with the test scores; eval = embedding every clip + scoring. trial "
+        "eval % = a default-space trial's evaluation (grid at epochs 1, 10, 30; held at the other 56; the final at "
+        "60) as a share of its training-step time.", "",
         md_table(COLUMNS, rows, fmt), "",
-        f"- target: now trial <= {TARGET:.0f}% of an epoch -> **{'met' if worst <= TARGET else 'missed'}** "
+        f"- target: trial eval <= {TARGET:.0f}% of training -> **{'met' if worst <= TARGET else 'missed'}** "
         f"(worst {worst:.1f}%); " + "; ".join(
-            f"{r['data']}: one val score (held) = {100 * r['held s'] / r['epoch train s']:.1f}% of an epoch, "
+            f"{r['data']}: one held epoch's eval = {100 * r['held eval s'] / r['epoch train s']:.1f}% of an epoch, "
             f"grid's choice {r['choice']}" for r in rows)])
 
 
 def main(argv: list[str] | None = None) -> dict:
     p = parser(__file__, __doc__, "synthetic:tiny only, 2 repeats (CI)")
-    p.add_argument("--repeat", type=int, default=3, help="repeats of each evaluation (median)")
+    p.add_argument("--repeat", type=int, default=1, help="fit runs per data set (medians)")
+    p.add_argument("--data", nargs="+", default=None, metavar="SRC",
+                   help="cost on these sources instead (e.g. synthetic:vegas,n=8000)")
     p.add_argument("--rank", nargs="+", metavar="LABEL=EXPERIMENT", help="write the rank table instead")
     p.add_argument("--retrained", nargs="*", default=[], metavar="LABEL=GLOB",
                    help="with --rank: folders of the winner's seed retrains (python -m hscmae.train --config "
@@ -293,8 +257,8 @@ def main(argv: list[str] | None = None) -> dict:
     shared = shared_folder()
     digits = [os.path.join(shared, "sk_digits_halves")] if shared and os.path.isdir(
         os.path.join(shared, "sk_digits_halves")) else []
-    sources = ["synthetic:tiny"] if args.quick else FULL_DATA + digits
-    repeat = 2 if args.quick else args.repeat
+    sources = ["synthetic:tiny"] if args.quick else args.data or FULL_DATA + digits
+    repeat = args.repeat
     with torch_threads_kept():
         limits = one_thread()
         try:

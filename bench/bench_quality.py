@@ -65,6 +65,7 @@ from hscmae.ablation import COMPONENTS, ablation_runs  # noqa: E402
 from hscmae.baselines import dcca_config, linear_cca_baseline  # noqa: E402
 from hscmae.config import config_from_dict, load_config  # noqa: E402
 from hscmae.data import load_data  # noqa: E402
+from hscmae.protocol import SKIP, EvalSchedule, protocol_scores  # noqa: E402
 
 SECTION = "bench_quality"
 REAL_SECTION = "bench_quality_real"  # the real two-view sets
@@ -131,25 +132,12 @@ def _fit_both_scorings(cfg, data) -> tuple[dict, dict]:
     """fit(cfg) as is; returns (its final metrics, the same final model scored with test_cca off).
     The per-epoch validation inside fit is skipped (see the module docstring)."""
     captured = {}
-    orig = T.protocol_scores
-    nan = float("nan")
+    off = dataclasses.replace(cfg, test_cca="off")
 
-    def scores(za, zv, data_, cfg_, splits=("val",), *rest):
-        if tuple(splits) == ("val",):
-            return {"val_map": nan, "val_map_a2v": nan, "val_map_v2a": nan, "test_cca": nan, "test_cca_reg": 0.0,
-                    "test_cca_dim": 0.0}  # a choice fit can keep (held is stubbed too)
-        captured["off"] = orig(za, zv, data_, dataclasses.replace(cfg_, test_cca="off"), splits, *rest)
-        return orig(za, zv, data_, cfg_, splits, *rest)
-
-    def held(za, zv, data_, cfg_, choice, splits=("val",)):
-        return scores(za, zv, data_, cfg_, splits)
-
-    orig_held = T.held_scores
-    T.protocol_scores, T.held_scores = scores, held
-    try:
-        final = T.fit(cfg, data, log=None)
-    finally:
-        T.protocol_scores, T.held_scores = orig, orig_held
+    def score_off(epoch, za, zv):  # the last epoch, the only one scored
+        captured["off"] = protocol_scores(za, zv, data, off, ("val", "test"))
+        return {}
+    final = T.fit(cfg, data, log=None, schedule=EvalSchedule(grid_epochs=(), between=SKIP, extra=score_off))
     return final, captured["off"]
 
 

@@ -84,29 +84,24 @@ def step_flops(model, cfg, batch: int) -> dict[str, float]:
 
 
 class StepRunner:
-    """A fresh run (as fit() sets it up) whose steps are hscmae.train.optimizer_step on batches
-    of a permutation of the train split."""
+    """A fresh run (as fit() sets it up) whose steps are hscmae.train.optimizer_step on
+    hscmae.train.batches, fit's own batch loop, one epoch's permutation after another."""
 
-    def __init__(self, cfg, data):
+    def __init__(self, cfg, data, device: torch.device = torch.device("cpu")):
         self.cfg = cfg
-        self.model, self.log_vars, self.opt, self.gen = T.build_training(cfg, data)
-        self.forward = T.make_forward(cfg, torch.device("cpu"))  # train_step, or compiled with cfg.compile
-        self.audio, self.visual = torch.from_numpy(data.audio), torch.from_numpy(data.visual)
-        self.train_idx = torch.from_numpy(data.splits["train"])
-        self.n_batches = len(self.train_idx) // cfg.batch_size
-        self.order, self.i = None, 0
+        self.model, self.log_vars, self.opt, self.gen = T.build_training(cfg, data, device)
+        self.forward = T.make_forward(cfg, device)  # train_step, or compiled with cfg.compile
+        self.tensors = [torch.from_numpy(x).to(device) for x in (data.audio, data.visual, data.splits["train"])]
+        self.epoch = iter(())
         self.flops = step_flops(self.model, cfg, cfg.batch_size)["nominal"]
 
     def steps(self, n: int) -> None:
-        b = self.cfg.batch_size
         for _ in range(n):
-            if self.order is None or self.i >= self.n_batches:
-                self.order = self.train_idx[torch.randperm(len(self.train_idx), generator=self.gen)]
-                self.i = 0
-            idx = self.order[self.i * b:(self.i + 1) * b]
-            self.i += 1
-            T.optimizer_step(self.model, self.cfg, self.opt, self.log_vars, self.audio.index_select(0, idx),
-                             self.visual.index_select(0, idx), self.gen, forward=self.forward)
+            batch = next(self.epoch, None)
+            if batch is None:
+                self.epoch = T.batches(*self.tensors, self.cfg.batch_size, self.gen)
+                batch = next(self.epoch)
+            T.optimizer_step(self.model, self.cfg, self.opt, self.log_vars, *batch, self.gen, forward=self.forward)
 
 
 class NetsOnly:

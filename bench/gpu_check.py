@@ -23,6 +23,7 @@ if _REPO not in sys.path:
 
 import torch  # noqa: E402
 
+from bench.bench_train import StepRunner  # noqa: E402
 from bench.common import machine_info, md_table, parser, publish  # noqa: E402
 from hscmae import train as T  # noqa: E402
 from hscmae.config import load_config  # noqa: E402
@@ -45,26 +46,14 @@ def _sync(device: torch.device) -> None:
 def step_ms(cfg, data, device: torch.device, steps: int, block: int = 10) -> float:
     """Median ms of `steps` optimizer steps (after 5 warm-up ones), timed in blocks of `block` with
     the device synchronised around each block: the library's step, batches gathered on the device."""
-    model, log_vars, opt, gen = T.build_training(cfg, data, device)
-    audio, visual = torch.from_numpy(data.audio).to(device), torch.from_numpy(data.visual).to(device)
-    train = torch.from_numpy(data.splits["train"]).to(device)
-    b = cfg.batch_size
-    order = train[torch.randperm(len(train), generator=gen, device=device)]
-    forward = T.make_forward(cfg, device)
-
-    def run(n, start):
-        for i in range(start, start + n):
-            j = i % (len(train) // b)
-            idx = order[j * b:(j + 1) * b]
-            T.optimizer_step(model, cfg, opt, log_vars, audio.index_select(0, idx), visual.index_select(0, idx), gen,
-                             forward=forward)
+    runner = StepRunner(cfg, data, device)  # fit's batches and step
     warm = min(5, steps)
-    run(warm, 0)
+    runner.steps(warm)
     _sync(device)
     times = []
     for k in range(max(1, steps // block)):
         t0 = time.perf_counter()
-        run(block, warm + block * k)
+        runner.steps(block)
         _sync(device)
         times.append((time.perf_counter() - t0) / block)
     return 1e3 * statistics.median(times)

@@ -24,6 +24,9 @@ test_cca_dim > 0 fixes the dimension (ridge 1e-3, `SWEEP_CCA_REG`) everywhere.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Callable, Collection, NamedTuple
+
 import numpy as np
 import torch
 
@@ -58,6 +61,34 @@ def choice_epochs(epochs: int) -> list[int]:
     """Where a standalone run re-chooses its test-time CCA (plus the first and last epoch, which fit
     always adds): the default search space's rungs, so a standalone history matches a trial's there."""
     return asha_rungs(ASHA_GRACE, ASHA_RF, epochs)
+
+
+GRID, HELD, SKIP = "grid", "held", "skip"
+
+
+@dataclass(frozen=True)
+class EvalSchedule:
+    """What `fit` scores after each epoch (`at(epoch, epochs)`):
+      "grid"  the final evaluation's protocol (`protocol_scores`: raw vs the CCA grid, chosen on val);
+      "held"  the latest grid's choice kept, refitted on the new embeddings (`held_scores`); with no
+              choice yet (the first epoch, a resume from a checkpoint without one): "grid";
+      "skip"  nothing: no embedding, no val_map in that epoch's metrics.
+    grid_epochs: where the grid chooses (None: `choice_epochs`, the default space's rungs; a search
+    passes its ASHA rungs); the last epoch is always "grid", with the test scores. between: what the
+    other epochs get, "held" (default) or "skip". extra(epoch, za, zv) -> dict: more metrics from the
+    epoch's embeddings (every epoch that embeds; not counted in eval_s), e.g. a bench's other score."""
+    grid_epochs: Collection[int] | None = None
+    between: str = HELD
+    extra: Callable[[int, np.ndarray, np.ndarray], dict] | None = None
+
+    def __post_init__(self):
+        if self.between not in (HELD, SKIP):
+            raise ValueError(f"EvalSchedule.between must be {HELD!r} or {SKIP!r}, got {self.between!r}")
+
+    def at(self, epoch: int, epochs: int) -> str:
+        if epoch == epochs or epoch in (choice_epochs(epochs) if self.grid_epochs is None else self.grid_epochs):
+            return GRID
+        return self.between
 
 
 @torch.no_grad()
@@ -109,6 +140,21 @@ def best_linear_cca(xa: np.ndarray, xv: np.ndarray, data: Dataset, regs=CCA_REGS
     return (val["map"], *rest)
 
 
+class Scored(NamedTuple):
+    """A protocol evaluation: its scores (protocol_scores' dict), the variant used (reg, dim)
+    ((0, 0) = raw) and every clip's embeddings as that variant projects them (what was scored)."""
+    scores: dict
+    use: tuple
+    pa: np.ndarray
+    pv: np.ndarray
+
+    def on(self, data: Dataset, splits) -> dict[str, float]:
+        """The scores with `splits` scored too, on the same projection (no new fit, no new choice)."""
+        have = {k.split("_", 1)[0] for k in self.scores if k.endswith("_map")}
+        more = [s for s in splits if s not in have]
+        return {**self.scores, **_scores_of(self.pa, self.pv, data, more, self.use)}
+
+
 def _scores_of(pa, pv, data: Dataset, splits, use: tuple, known: dict | None = None) -> dict[str, float]:
     """protocol_scores' output for the variant `use` = (reg, dim) ((0, 0) = raw), projected to
     (pa, pv); `known`: its validation scores when already computed."""
@@ -122,12 +168,18 @@ def _scores_of(pa, pv, data: Dataset, splits, use: tuple, known: dict | None = N
 
 def protocol_scores(za: np.ndarray, zv: np.ndarray, data: Dataset, cfg: Config,
                     splits=("val",), regs=CCA_REGS) -> dict[str, float]:
+    """protocol_scored(...).scores."""
+    return protocol_scored(za, zv, data, cfg, splits, regs).scores
+
+
+def protocol_scored(za: np.ndarray, zv: np.ndarray, data: Dataset, cfg: Config,
+                    splits=("val",), regs=CCA_REGS) -> Scored:
     """Scores on `splits` under cfg.test_cca; "auto" picks raw or CCA by validation mean mAP. The
     CCA's dimension is chosen on validation from CCA_DIMS at each ridge in `regs`, and the ridge
     among `regs` (module docstring); the final evaluation keeps the default, the full grid.
 
     Returns {f"{split}_map", f"{split}_map_a2v", f"{split}_map_v2a", ..., "test_cca": 0/1,
-    "test_cca_reg", "test_cca_dim" (0 when raw)}."""
+    "test_cca_reg", "test_cca_dim" (0 when raw)}, as a Scored with the chosen projection."""
     variants = {}  # (reg, dim) -> projected embeddings; (0, 0) = raw
     val: dict[tuple, dict] = {}  # (reg, dim) -> its validation scores, where computed
     if cfg.test_cca in ("off", "auto"):
@@ -149,7 +201,7 @@ def protocol_scores(za: np.ndarray, zv: np.ndarray, data: Dataset, cfg: Config,
         use = max(val, key=lambda c: (val[c]["map"], -c[1]))
     else:
         use = next(iter(variants))
-    return _scores_of(*variants[use], data, splits, use, val.get(use))
+    return Scored(_scores_of(*variants[use], data, splits, use, val.get(use)), use, *variants[use])
 
 
 def project(za: np.ndarray, zv: np.ndarray, data: Dataset, reg: float, dim: int):
@@ -164,17 +216,24 @@ def project(za: np.ndarray, zv: np.ndarray, data: Dataset, reg: float, dim: int)
 
 def held_scores(za: np.ndarray, zv: np.ndarray, data: Dataset, cfg: Config, choice: tuple,
                 splits=("val",)) -> dict[str, float]:
+    """held_scored(...).scores."""
+    return held_scored(za, zv, data, cfg, choice, splits).scores
+
+
+def held_scored(za: np.ndarray, zv: np.ndarray, data: Dataset, cfg: Config, choice: tuple,
+                splits=("val",)) -> Scored:
     """Scores of the embeddings under an earlier choice of `protocol_scores`: choice = (its
     test_cca_reg, test_cca_dim), (0, 0) = raw; the CCA is refitted on these embeddings' train
     split. Where that fit fails and test_cca is not "on", raw (as protocol_scores falls back)."""
     reg, dim = float(choice[0]), int(choice[1])
-    if dim:
+    if dim:  # raw (dim 0): no CCA fit at all
         try:
-            return _scores_of(*project(za, zv, data, reg, dim), data, splits, (reg, dim))
+            pa, pv = project(za, zv, data, reg, dim)
+            return Scored(_scores_of(pa, pv, data, splits, (reg, dim)), (reg, dim), pa, pv)
         except (ValueError, np.linalg.LinAlgError):
             if cfg.test_cca == "on":
                 raise
-    return _scores_of(za, zv, data, splits, (0.0, 0))
+    return Scored(_scores_of(za, zv, data, splits, (0.0, 0)), (0.0, 0), za, zv)
 
 
 def evaluate_checkpoint(cfg: Config, data: Dataset, checkpoint: str) -> dict[str, float]:

@@ -14,7 +14,7 @@ import math
 import os
 import sys
 import time
-from typing import Callable, Collection
+from typing import Callable, Collection, Iterator
 
 import torch
 
@@ -24,7 +24,7 @@ from hscmae.checkpoint import CheckpointError, check_resumable, load_checkpoint,
 from hscmae.config import Config, ConfigError, active_terms, load_config, save_config
 from hscmae.data import Dataset, DataError, load_data_for
 from hscmae.device import resolve_device, setup_device
-from hscmae.protocol import choice_epochs, embed_all, held_scores, protocol_scores
+from hscmae.protocol import GRID, SKIP, EvalSchedule, embed_all, held_scored, protocol_scored
 from hscmae.history import HISTORY, append_history, truncate_history, write_fig_training
 from hscmae.io import atomic_write_json
 from hscmae.model import HSCMAE, build_model
@@ -173,9 +173,23 @@ def make_forward(cfg: Config, device: torch.device) -> Callable:
     return torch.compile(train_step, mode="reduce-overhead" if device.type == "cuda" else None)
 
 
+def batches(audio: torch.Tensor, visual: torch.Tensor, train_idx: torch.Tensor, batch_size: int,
+            gen: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """One epoch's (audio, visual) batches as fit trains on them: a permutation of the train
+    indices drawn from the run's generator (on their device), cut into n // batch_size batches (the
+    ragged last one dropped: DCCA needs batch > cca_dim), each gathered with index_select from the
+    preloaded tensors (~3x faster than advanced indexing, x[idx]; no DataLoader, no per-sample
+    Python). The permutation is drawn at the first batch."""
+    n = len(train_idx)
+    order = train_idx[torch.randperm(n, generator=gen, device=train_idx.device)]
+    for i in range(n // batch_size):
+        idx = order[i * batch_size:(i + 1) * batch_size]
+        yield audio.index_select(0, idx), visual.index_select(0, idx)
+
+
 def fit(cfg: Config, data: Dataset, *, on_epoch: Callable | None = None, resume_from: str | None = None,
         out_dir: str | None = None, log: Callable[[str], None] | None = print,
-        grid_epochs: Collection[int] | None = None) -> dict:
+        grid_epochs: Collection[int] | None = None, schedule: EvalSchedule | None = None) -> dict:
     """Train for cfg.epochs epochs, evaluating on validation after each; return final metrics,
     test included.
 
@@ -186,7 +200,13 @@ def fit(cfg: Config, data: Dataset, *, on_epoch: Callable | None = None, resume_
     the epoch after it and ends bit-identical to an uninterrupted run. val_map is the final
     evaluation's protocol (test-time CCA chosen on validation) at the first and last epoch and at
     grid_epochs (a search passes its ASHA rungs; None: `choice_epochs`, the default space's rungs);
-    the epochs between keep the latest choice (hscmae.protocol's docstring)."""
+    the epochs between keep the latest choice (hscmae.protocol's docstring). schedule: an
+    `EvalSchedule` saying what is scored when (grid_epochs is EvalSchedule(grid_epochs); give one
+    of the two). Every epoch's metrics also have train_s (its training steps) and eval_s (embedding
+    and scoring; 0 when skipped); epoch_time_s spans both."""
+    if schedule is not None and grid_epochs is not None:
+        raise ValueError("fit: give grid_epochs or schedule, not both")
+    schedule = schedule if schedule is not None else EvalSchedule(grid_epochs)
     n_train = len(data.splits["train"])
     cfg.validate(n_train=n_train)
     device = resolve_device(cfg)  # "auto" is resolved here, in the process that trains
@@ -223,40 +243,40 @@ def fit(cfg: Config, data: Dataset, *, on_epoch: Callable | None = None, resume_
                 "config": cfg.to_dict(), "val_choice": held}
 
     forward = make_forward(cfg, device)
-    # Preloaded tensors indexed by a permutation: no DataLoader, no per-sample Python; index_select
-    # gathers a batch's rows ~3x faster than advanced indexing (x[idx]). Moved to the device once
-    # per run (a no-op on the CPU); every batch is gathered there.
+    # moved to the device once per run (a no-op on the CPU); every batch is gathered there
     audio, visual = torch.from_numpy(data.audio).to(device), torch.from_numpy(data.visual).to(device)
     train_idx = torch.from_numpy(data.splits["train"]).to(device)
-    b = cfg.batch_size
-    n_batches = n_train // b  # drop the ragged last batch: DCCA needs batch > cca_dim
-    choose_at = {1, cfg.epochs, *(choice_epochs(cfg.epochs) if grid_epochs is None else grid_epochs)}
     metrics: dict = {}
     for epoch in range(start_epoch + 1, cfg.epochs + 1):
         t0 = time.perf_counter()
         sums = EpochSums()
         for g in opt.param_groups:  # the schedule is a function of the epoch: nothing to checkpoint
             g["lr"] = S.lr_at(cfg, epoch)
-        order = train_idx[torch.randperm(n_train, generator=gen, device=device)]
-        for i in range(n_batches):
-            idx = order[i * b:(i + 1) * b]
-            sums.add(optimizer_step(model, cfg, opt, log_vars, audio.index_select(0, idx),
-                                    visual.index_select(0, idx), gen, where=f"epoch {epoch}, step {i + 1}",
+        for i, (xa, xv) in enumerate(batches(audio, visual, train_idx, cfg.batch_size, gen)):
+            sums.add(optimizer_step(model, cfg, opt, log_vars, xa, xv, gen, where=f"epoch {epoch}, step {i + 1}",
                                     epoch=epoch, forward=forward))
-        za, zv = embed_all(model, data, cfg.eval_encoder, tensors=(audio, visual))
-        # the last epoch's report carries the test scores too: a scheduler may stop the trial
-        # right at that report, so nothing after it is guaranteed to be seen
-        splits = ("val", "test") if epoch == cfg.epochs else ("val",)
-        if epoch in choose_at or held is None:
-            scores = protocol_scores(za, zv, data, cfg, splits)
-            held = [scores["test_cca_reg"], int(scores["test_cca_dim"])]
-        else:
-            scores = held_scores(za, zv, data, cfg, held, splits)
-        metrics = {"epoch": epoch, **sums.means(), **scores, "epoch_time_s": time.perf_counter() - t0}
+        t1 = time.perf_counter()
+        kind = schedule.at(epoch, cfg.epochs)
+        scores: dict = {}
+        if kind != SKIP:
+            za, zv = embed_all(model, data, cfg.eval_encoder, tensors=(audio, visual))
+            # the last epoch's report carries the test scores too: a scheduler may stop the trial
+            # right at that report, so nothing after it is guaranteed to be seen
+            splits = ("val", "test") if epoch == cfg.epochs else ("val",)
+            if kind == GRID or held is None:
+                scores = protocol_scored(za, zv, data, cfg, splits).scores
+                held = [scores["test_cca_reg"], int(scores["test_cca_dim"])]
+            else:
+                scores = held_scored(za, zv, data, cfg, held, splits).scores
+        t2 = time.perf_counter() if kind != SKIP else t1
+        metrics = {"epoch": epoch, **sums.means(), **scores, "epoch_time_s": t2 - t0, "train_s": t1 - t0,
+                   "eval_s": t2 - t1}
+        if schedule.extra is not None and kind != SKIP:
+            metrics.update(schedule.extra(epoch, za, zv))
         if log:
-            log(f"epoch {epoch:3d}/{cfg.epochs}  loss {metrics['loss']:.4f}  val_map {metrics['val_map']:.4f} "
-                f"(a2v {metrics['val_map_a2v']:.4f}, v2a {metrics['val_map_v2a']:.4f})  "
-                f"{metrics['epoch_time_s']:.1f}s")
+            val = (f"val_map {metrics['val_map']:.4f} (a2v {metrics['val_map_a2v']:.4f}, "
+                   f"v2a {metrics['val_map_v2a']:.4f})" if "val_map" in metrics else "val skipped")
+            log(f"epoch {epoch:3d}/{cfg.epochs}  loss {metrics['loss']:.4f}  {val}  {metrics['epoch_time_s']:.1f}s")
 
         def save(path: str, epoch=epoch) -> None:
             save_checkpoint(path, checkpoint_state(epoch))
@@ -267,7 +287,7 @@ def fit(cfg: Config, data: Dataset, *, on_epoch: Callable | None = None, resume_
     if "test_map" not in metrics:  # stopped early, or resumed with no epoch left to train
         za, zv = embed_all(model, data, cfg.eval_encoder, tensors=(audio, visual))
         metrics = {**metrics, "epoch": metrics.get("epoch", start_epoch),
-                   **protocol_scores(za, zv, data, cfg, splits=("val", "test"))}
+                   **protocol_scored(za, zv, data, cfg, splits=("val", "test")).scores}
     return metrics
 
 

@@ -3,7 +3,10 @@ so the scripts behind BENCHMARKS.md cannot rot. (About 45 s on 2 cores for the f
 
 Each script's main(["--quick", "--no-write"]) must return a dict of tables (name -> list of row
 dicts) whose names and columns are the script's TABLES, every number finite; --no-write must
-leave BENCHMARKS.md alone.
+leave BENCHMARKS.md alone. Where a script measures the library, the same run also checks that it
+measures the library's own code (CHECKS): bench_train times fit's step on fit's batches,
+bench_eval's and bench_scaling's costs are fit's own train_s / eval_s, bench_quality's final
+scores are what a plain fit of that config gives.
 """
 import glob
 import hashlib
@@ -11,7 +14,10 @@ import importlib.util
 import math
 import os
 
+import numpy as np
 import pytest
+
+import hscmae.train as T
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = sorted(glob.glob(os.path.join(REPO, "bench", "bench_*.py")))
@@ -39,10 +45,105 @@ def test_the_scripts_exist():
     assert {os.path.basename(p) for p in SCRIPTS} == EXPECTED
 
 
+def _record_fits(monkeypatch) -> list:
+    """hscmae.train.fit wrapped: every call's (cfg, per-epoch metrics, final metrics)."""
+    calls, fit = [], T.fit
+
+    def recording(cfg, data, *, on_epoch=None, **kw):
+        seen = []
+
+        def hook(m, save):
+            seen.append(dict(m))
+            return on_epoch(m, save) if on_epoch else None
+        final = fit(cfg, data, on_epoch=hook, **kw)
+        calls.append((cfg, seen, final))
+        return final
+    monkeypatch.setattr(T, "fit", recording)
+    return calls
+
+
+def _check_train(monkeypatch):
+    """Every optimizer step bench_train times is hscmae.train.optimizer_step on a batch that
+    hscmae.train.batches (fit's loop) yielded."""
+    yielded, stepped, batches, step = set(), [], T.batches, T.optimizer_step
+
+    def recording_batches(*a, **k):
+        for xa, xv in batches(*a, **k):
+            yielded.add((id(xa), id(xv)))
+            yield xa, xv
+
+    def recording_step(model, cfg, opt, log_vars, xa, xv, *a, **k):
+        stepped.append((id(xa), id(xv)) in yielded)
+        return step(model, cfg, opt, log_vars, xa, xv, *a, **k)
+    monkeypatch.setattr(T, "batches", recording_batches)
+    monkeypatch.setattr(T, "optimizer_step", recording_step)
+
+    def check(out):
+        assert len(stepped) > 10 and all(stepped), "bench_train must time fit's step on fit's batches"
+    return check
+
+
+def _check_eval(monkeypatch):
+    """The cost row is fit's own train_s / eval_s (epoch 1 grid, 2 held, 3 final) and the trial
+    share follows from them: 3 grids, 56 held epochs and the final over 60 epochs of training."""
+    calls = _record_fits(monkeypatch)
+
+    def check(out):
+        (row,) = out["cost"]
+        (_, seen, _), = calls
+        assert [m["epoch"] for m in seen] == [1, 2, 3] and "test_map" in seen[2]
+        train = float(np.median([m["train_s"] for m in seen]))
+        assert row["epoch train s"] == train
+        assert (row["grid eval s"], row["held eval s"], row["final eval s"]) == tuple(m["eval_s"] for m in seen)
+        share = 100 * (3 * seen[0]["eval_s"] + 56 * seen[1]["eval_s"] + seen[2]["eval_s"]) / 60 / train
+        assert row["trial eval %"] == pytest.approx(share, rel=1e-12)
+        for m in seen:  # fit's own split of its epoch
+            assert m["train_s"] + m["eval_s"] == pytest.approx(m["epoch_time_s"], abs=1e-6)
+    return check
+
+
+def _check_scaling(monkeypatch):
+    calls = _record_fits(monkeypatch)
+
+    def check(out):
+        rows = out["scaling"]
+        assert len(rows) == len(calls)
+        for row, (_, seen, _) in zip(rows, calls):
+            last = seen[-1]
+            assert (row["epoch s"], row["train loop s"], row["val eval s"]) == (
+                last["epoch_time_s"], last["train_s"], last["eval_s"])
+    return check
+
+
+def _check_quality(monkeypatch):
+    """fit inside bench_quality skips the per-epoch validation; its final scores must be those of a
+    plain fit of the same config (the skip changes no draw and no weight), and the ablation's
+    "(none)" row must report them."""
+    calls = _record_fits(monkeypatch)
+
+    def check(out):
+        from hscmae.data import load_data_for
+
+        full = [r for r in out["ablation"] if r["component switched off"] == "(none)"]
+        assert full
+        cfg, seen, final = next(c for c in calls if c[2]["test_map"] == full[0]["test mAP"])
+        assert all("val_map" not in m for m in seen[:-1]), "per-epoch validation is skipped"
+        monkeypatch.undo()
+        plain = T.fit(cfg, load_data_for(cfg), log=None)
+        assert (plain["val_map"], plain["test_map"]) == (final["val_map"], final["test_map"])
+        assert full[0]["val mAP"] == final["val_map"]
+    return check
+
+
+CHECKS = {"bench_train.py": _check_train, "bench_eval.py": _check_eval, "bench_scaling.py": _check_scaling,
+          "bench_quality.py": _check_quality}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("path", SCRIPTS, ids=[os.path.basename(p) for p in SCRIPTS])
-def test_quick_mode_returns_its_tables(path):
+def test_quick_mode_returns_its_tables(path, monkeypatch):
     module = _load(path)
+    check = CHECKS.get(os.path.basename(path), lambda mp: None)(monkeypatch)
     before = _digest()
     out = module.main(["--quick", "--no-write"])
     assert _digest() == before, "--no-write must not touch BENCHMARKS.md"
@@ -56,3 +157,5 @@ def test_quick_mode_returns_its_tables(path):
                 v = row[c]
                 if isinstance(v, float):
                     assert math.isfinite(v), f"table {name!r}, column {c!r}: {v}"
+    if check:
+        check(out)

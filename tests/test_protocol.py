@@ -173,3 +173,42 @@ def test_rungs_are_where_tunes_asha_records_scores():
                           reduction_factor=rf)
         milestones = sorted(m for m, _ in s._brackets[0]._rungs if m < max_t)  # max_t: the last epoch anyway
         assert asha_rungs(grace, rf, max_t) == milestones, (grace, rf, max_t)
+
+
+def test_a_schedule_that_skips_changes_no_training_number_and_says_what_it_skipped(tiny):
+    """EvalSchedule(between="skip"): no val score at the skipped epochs (eval_s 0, no embedding),
+    the losses and the final scores exactly those of the default schedule (evaluation draws nothing
+    and changes no weight); grid_epochs and schedule together are refused."""
+    from hscmae.protocol import EvalSchedule
+
+    cfg = config_from_dict(TINY)
+    runs = {}
+    for name, schedule in (("default", None), ("skip", EvalSchedule(grid_epochs=(), between="skip"))):
+        seen = []
+        final = T.fit(cfg, tiny, on_epoch=lambda m, save: seen.append(m), log=None, schedule=schedule)
+        runs[name] = (seen, final)
+    (default, d_final), (skip, s_final) = runs["default"], runs["skip"]
+    assert all("val_map" in m for m in default)
+    assert [("val_map" in m, m["eval_s"] == 0.0) for m in skip] == [(False, True)] * 3 + [(True, False)]
+    assert [m["loss"] for m in skip] == [m["loss"] for m in default]
+    assert {k: s_final[k] for k in ("val_map", "test_map", "test_cca_dim")} == {
+        k: d_final[k] for k in ("val_map", "test_map", "test_cca_dim")}
+    with pytest.raises(ValueError, match="not both"):
+        T.fit(cfg, tiny, log=None, grid_epochs=(2,), schedule=EvalSchedule())
+    with pytest.raises(ValueError, match="between"):
+        EvalSchedule(between="sometimes")
+
+
+def test_a_schedules_extra_scores_come_from_the_epochs_embeddings(tiny):
+    from hscmae.protocol import EvalSchedule
+
+    got = {}
+
+    def extra(epoch, za, zv):
+        got[epoch] = (za.shape, zv.shape)
+        return {"extra_n": float(len(za))}
+    seen = []
+    T.fit(config_from_dict({**TINY, "epochs": 2}), tiny, on_epoch=lambda m, save: seen.append(m), log=None,
+          schedule=EvalSchedule(extra=extra))
+    assert sorted(got) == [1, 2] and got[1] == ((len(tiny), D), (len(tiny), D))
+    assert [m["extra_n"] for m in seen] == [float(len(tiny))] * 2

@@ -33,6 +33,28 @@ def test_fit_reports_every_epoch_and_returns_test_metrics(tiny):
         (final["test_map_a2v"] + final["test_map_v2a"]) / 2)
 
 
+def test_batches_is_a_seeded_permutation_cut_into_full_batches(tiny):
+    """T.batches against the loop written out by hand: a permutation of the train indices drawn
+    from a generator in the same state, rows gathered by plain indexing, the ragged end dropped."""
+    audio, visual = torch.from_numpy(tiny.audio), torch.from_numpy(tiny.visual)
+    train = torch.from_numpy(tiny.splits["train"])
+    got = list(T.batches(audio, visual, train, 64, torch.Generator().manual_seed(5)))
+    perm = train[torch.randperm(len(train), generator=torch.Generator().manual_seed(5))].numpy()
+    assert len(got) == len(train) // 64
+    for i, (xa, xv) in enumerate(got):
+        rows = perm[i * 64:(i + 1) * 64]
+        assert torch.equal(xa, audio[rows]) and torch.equal(xv, visual[rows])
+    assert len({int(r) for r in perm[:len(got) * 64]}) == len(got) * 64  # no clip twice in an epoch
+
+
+def test_epoch_metrics_split_the_epoch_into_train_s_and_eval_s(tiny):
+    seen = []
+    T.fit(config_from_dict({**TINY, "epochs": 2}), tiny, on_epoch=lambda m, save: seen.append(m), log=None)
+    for m in seen:
+        assert m["train_s"] > 0 and m["eval_s"] > 0
+        assert m["train_s"] + m["eval_s"] == pytest.approx(m["epoch_time_s"], abs=1e-6)
+
+
 def test_resume_gives_the_same_result_as_an_uninterrupted_run(tiny, tmp_path):
     cfg = config_from_dict(TINY)
     full = T.fit(cfg, tiny, log=None)
