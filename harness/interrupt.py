@@ -20,7 +20,6 @@ from): after the final save Tune marks every trial it stops TERMINATED in memory
 """
 from __future__ import annotations
 
-import glob
 import json
 import logging
 import os
@@ -74,40 +73,13 @@ def count_trials(states: dict[str, tuple[str, int]], num_samples: int, max_epoch
                 not_started=max(num_samples - finished - running, 0), total=num_samples)
 
 
-def _read_newest_state(exp: str) -> bytes | None:
-    if "://" in exp:
-        import pyarrow.fs
-
-        fs, root = pyarrow.fs.FileSystem.from_uri(exp)
-        names = sorted(i.path for i in fs.get_file_info(pyarrow.fs.FileSelector(root, allow_not_found=True))
-                       if i.base_name.startswith("experiment_state-") and i.base_name.endswith(".json"))
-        if not names:
-            return None
-        with fs.open_input_stream(names[-1]) as f:
-            return f.read()
-    files = sorted(glob.glob(os.path.join(glob.escape(exp), "experiment_state-*.json")))
-    if not files:
-        return None
-    with open(files[-1], "rb") as f:
-        return f.read()
-
-
 def saved_trial_states(exp: str) -> dict[str, tuple[str, int]] | None:
     """{trial_id: (status, last epoch)} from the newest experiment_state-*.json (the file Tune
-    restores from); None if there is none or it cannot be read."""
-    try:
-        raw = _read_newest_state(exp)
-        if raw is None:
-            return None
-        state = json.loads(raw)
-        out = {}
-        for trial_json, meta_json in state["trial_data"]:
-            t = json.loads(trial_json) if isinstance(trial_json, str) else trial_json
-            m = json.loads(meta_json) if isinstance(meta_json, str) else meta_json
-            out[t["trial_id"]] = (t["status"], int((m.get("last_result") or {}).get("epoch") or 0))
-        return out
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+    restores from, read by harness.tune_state); None if there is none or it cannot be read."""
+    from harness.tune_state import read_trials
+
+    trials = read_trials(exp)
+    return None if trials is None else {t["trial_id"]: (t["status"], t["last_epoch"]) for t in trials}
 
 
 def status_block(signum: int, minutes: float, counts: dict[str, int], command: str, forced: bool) -> str:

@@ -1,7 +1,6 @@
 """Reading a Tune experiment folder (JSON / YAML only, never its pickles) into DataFrames."""
 from __future__ import annotations
 
-import glob
 import json
 import os
 import re
@@ -115,23 +114,19 @@ def read_state(exp: str) -> tuple[dict[str, dict], str | None]:
     newest experiment_state-*.json (the one Tune itself restores from). Tune rewrites it in place
     while running, so an unreadable file is retried, then skipped with a note: the trial folders
     still say everything the report needs."""
-    files = sorted(glob.glob(os.path.join(glob.escape(exp), "experiment_state-*.json")))
-    if not files:
-        return {}, None
+    from harness.tune_state import newest_state_file, read_raw, trial_records
+
     for attempt in range(3):
         try:
-            with open(files[-1], "rb") as f:
-                state = json.loads(f.read())
-            out = {}
-            for trial_json, meta_json in state["trial_data"]:
-                t = json.loads(trial_json) if isinstance(trial_json, str) else trial_json
-                m = json.loads(meta_json) if isinstance(meta_json, str) else meta_json
-                out[t["relative_logdir"]] = {"status": t.get("status"), "trial_id": t.get("trial_id"),
-                                             "num_failures": m.get("num_failures")}
-            return out, None
+            got = read_raw(exp)
+            if got is None:
+                return {}, None
+            return {t["relative_logdir"]: {"status": t["status"], "trial_id": t["trial_id"],
+                                           "num_failures": t["num_failures"]} for t in trial_records(got[1])}, None
         except (ValueError, KeyError, TypeError, OSError):
             time.sleep(0.3)
-    return {}, (f"{os.path.basename(files[-1])} was unreadable (being written?); trial statuses were "
+    name = os.path.basename(newest_state_file(exp) or "experiment_state-*.json")
+    return {}, (f"{name} was unreadable (being written?); trial statuses were "
                 "inferred from the trial folders")
 
 
