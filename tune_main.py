@@ -3,6 +3,7 @@
     python tune_main.py --space default            # search (or resume, if the experiment exists)
     python tune_main.py --space default --resume   # resume; fails if there is nothing to resume
     python tune_main.py --list-spaces
+    python tune_main.py --space components --set pair_noise=0.5   # fixed overrides of the base config
 
 Every check that can fail (flags, config, space, data, storage) runs before Ray starts. The data
 set is loaded once here and shared with all trials through Ray's object store. Each trial reports
@@ -15,28 +16,19 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import os
-import shlex
 import sys
-import time
 
 import yaml
 
-from hscmae.config import Config, ConfigError, load_config
+from hscmae.config import ConfigError, load_config, parse_overrides
 from hscmae.data import DataError, load_data_for
-from harness import METRIC, MODE, UsageError, asha_rungs, study
-from harness.callbacks import make_progress_callback
-from harness.tune_state import atomic_experiment_state
-from harness.interrupt import Interrupts, caused_by_signal, count_trials, leave_now, saved_trial_states
-from harness.ray_setup import check_gpus_per_trial, gpu_slots, init_ray
-from harness.storage import check_storage, experiment_path, read_text, versions, write_metadata
-from harness.trainable import run_trial
+from harness import UsageError, study
+from harness.interrupt import Interrupts, caused_by_signal, leave_now
+from harness.ray_setup import check_gpus_per_trial, init_ray  # noqa: F401  (init_ray: bench_search)
+from harness.search import finish, print_summary, run_search  # noqa: F401  (print_summary: tests)
+from harness.storage import check_storage, experiment_path
+from harness.trainable import run_trial  # noqa: F401  (tune_main.run_trial: the trainable, for tests)
 from search_spaces import SPACES, get_space
-
-# Persist the experiment state every few seconds (Tune's default adapts to minutes), so a driver
-# killed with SIGKILL loses at most that much bookkeeping; trial checkpoints are separate.
-os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "5")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -65,6 +57,10 @@ def parse_args(argv):
     p.add_argument("--max-epochs", type=int, default=None, help="epochs per trial (ASHA max_t)")
     p.add_argument("--checkpoint-every", type=int, default=None, help="epochs between trial checkpoints")
     p.add_argument("--max-failures", type=int, default=1, help="retries of a failed trial before it is errored")
+    p.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE",
+                   help="fixed overrides of the base config, validated as hscmae.train --set (a key the space "
+                        "fixes is refused; one it searches gives the warm start); recorded in base_config.yaml "
+                        "and checked on --resume")
     study.add_arguments(p)  # --optuna-storage, --no-warm-start, --mlflow
     args = p.parse_args(argv)
     for flag in ("num_samples", "max_concurrent", "cpus_per_trial", "grace_period", "max_epochs",
@@ -86,11 +82,32 @@ def prepare(args):
         space = get_space(args.space)
     except KeyError as e:
         raise UsageError(e.args[0]) from None
-    base = load_config(args.config, [f"data={args.data}"] if args.data else None).to_dict()
+    try:  # "key=value" -> {key: YAML scalar}, as hscmae.train --set
+        overrides = parse_overrides(list(args.set))
+    except ConfigError as e:
+        raise ConfigError(f"--set: {e}") from None
+    except yaml.YAMLError as e:  # parse_overrides lets a value that is not YAML through
+        raise ConfigError(f"--set {' '.join(args.set)}: a value is not a YAML scalar "
+                          f"({' '.join(str(e).split())[:200]})") from None
+    data_flag = {"data": args.data} if args.data else {}
+    if overrides:  # validated like hscmae.train --set; an error names --set, the file's own errors the file
+        load_config(args.config, data_flag)
+        try:
+            base = load_config(args.config, {**overrides, **data_flag}).to_dict()
+        except ConfigError as e:
+            raise ConfigError(f"--set {study.set_flags(overrides)}: "
+                              f"{str(e).removeprefix(f'{args.config}: ')}") from None
+    else:
+        base = load_config(args.config, data_flag or None).to_dict()
     # flags beat the space's fixed keys, which beat the base config
     fixed = {k: v for k, v in space.fixed.items() if not (k == "data" and args.data)}
     if args.max_epochs:
         fixed["epochs"] = args.max_epochs
+    clash = {k: v for k, v in overrides.items() if k in fixed}
+    if clash:  # the space's fixed keys beat the base config: such a --set would be silently ignored
+        raise UsageError(f"--set {study.set_flags(clash)}: search space '{space.name}' fixes "
+                         + ", ".join(f"{k} = {fixed[k]!r}" for k in clash)
+                         + " for every trial (--max-epochs sets epochs, --data the data)")
     space = dataclasses.replace(space, fixed=fixed)
     space.check(base)
     probe = space.example(base)  # data source, epochs and split are those of every trial
@@ -106,7 +123,7 @@ def prepare(args):
     check_storage(args.storage)
     data = load_data_for(probe)
     probe.validate(n_train=len(data.splits["train"]))
-    return dict(space=space, base=base, probe=probe, data=data, name=name, exp=exp,
+    return dict(space=space, base=base, overrides=overrides, probe=probe, data=data, name=name, exp=exp,
                 num_samples=num_samples, max_concurrent=max_concurrent)
 
 
@@ -140,154 +157,7 @@ def _main(argv: list[str], interrupts: Interrupts) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
-    import optuna
-    from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
-
-    space, exp = run["space"], run["exp"]
-    local = "://" not in exp
-    exists = tune.Tuner.can_restore(exp) if (not local or os.path.isdir(exp)) else False
-    if args.resume and not exists:
-        print(f"error: --resume: no experiment to resume at {exp}", file=sys.stderr)
-        return 2
-    if exists:
-        old = read_text(exp, "data.json")
-        if old and json.loads(old).get("fingerprint") != run["data"].fingerprint():
-            print(f"error: {exp} was run on different data (fingerprint in data.json differs); "
-                  "use another --name", file=sys.stderr)
-            return 2
-    max_epochs = run["probe"].epochs
-    grace = min(args.grace_period or space.grace_period, max_epochs)
-    rf = args.reduction_factor or space.reduction_factor
-    try:  # the Optuna study, warm start, MLflow; on resume, the flags it cannot honour
-        plan = study.plan(args, space, run["base"], run["name"], exp, exists, run["num_samples"],
-                          run["max_concurrent"], max_epochs, grace, rf)
-    except (UsageError, ConfigError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    cpus, gpus = args.cpus_per_trial, args.gpus_per_trial
-    trainable = tune.with_resources(
-        tune.with_parameters(run_trial, data=run["data"], base=run["base"], fixed=space.fixed,
-                             checkpoint_every=args.checkpoint_every or space.checkpoint_every, cpus=cpus,
-                             grid_epochs=asha_rungs(grace, rf, max_epochs)),  # val_map there = final protocol
-        {"cpu": cpus, **({"gpu": gpus} if gpus else {})})
-    interrupts.search = dict(exp=exp, num_samples=run["num_samples"], max_epochs=max_epochs)
-    atomic_experiment_state()  # a SIGKILL mid-save must not leave an empty experiment state
-    init_ray(args.address)
-    interrupts.install()  # ray.init replaced our SIGTERM handler (with one that saves nothing)
-    if gpus:
-        try:
-            slots = gpu_slots(gpus, cpus, "--gpus-per-trial")
-        except UsageError as e:
-            print(f"error: {e}", file=sys.stderr)
-            import ray
-
-            ray.shutdown()
-            return 2
-        run["max_concurrent"] = plan["max_concurrent"] = run["max_concurrent"] or slots
-        print(f"[hscmae] {gpus:g} GPU(s) and {cpus} CPU(s) per trial: {run['max_concurrent']} trial(s) at once",
-              flush=True)
-    t0 = time.time()
-    if exists:
-        print(f"[hscmae] resuming {exp}", flush=True)
-        if not plan.get("legacy"):
-            study.bind_resume(exp, plan["num_samples"])
-            if plan["extend_from"]:
-                print(f"[hscmae] extending the search from {plan['extend_from']} to {plan['num_samples']} trials",
-                      flush=True)
-                study.record(exp, plan)
-        tuner = tune.Tuner.restore(exp, trainable=trainable, resume_unfinished=True, resume_errored=True)
-    else:
-        write_metadata(exp, {
-            "command.txt": shlex.join([sys.executable, *sys.argv]) + "\n",
-            "space.json": json.dumps({**space.describe(), "max_epochs": max_epochs,
-                                      "num_samples": run["num_samples"], "max_concurrent": run["max_concurrent"],
-                                      "seed": args.seed, "metric": METRIC, "mode": MODE}, indent=2) + "\n",
-            "base_config.yaml": yaml.safe_dump(run["base"], sort_keys=False),
-            "versions.json": json.dumps(versions(), indent=2) + "\n",
-            "data.json": json.dumps({"source": run["probe"].data, "split_seed": run["probe"].split_seed,
-                                     "n_clips": len(run["data"]), "fingerprint": run["data"].fingerprint(),
-                                     "temporal_pool": run["probe"].temporal_pool, "normalize": run["probe"].normalize,
-                                     "provenance": run["data"].meta}, indent=2) + "\n"})
-        study.record(exp, plan)
-        search_alg, study_callbacks = study.make_search_alg(plan, space, exp,
-                                                            optuna.samplers.TPESampler(seed=args.seed))
-        scheduler = ASHAScheduler(time_attr="epoch", max_t=max_epochs, grace_period=grace, reduction_factor=rf)
-        tuner = tune.Tuner(
-            trainable,
-            tune_config=tune.TuneConfig(metric=METRIC, mode=MODE, num_samples=run["num_samples"],
-                                        search_alg=search_alg,
-                                        scheduler=scheduler,
-                                        # a finished trial's worker runs the next one: no fresh
-                                        # process importing torch per trial (bench_harness: 7.7%)
-                                        reuse_actors=True),
-            run_config=tune.RunConfig(
-                name=run["name"], storage_path=exp.rsplit("/", 1)[0] if not local else os.path.dirname(exp),
-                failure_config=tune.FailureConfig(max_failures=args.max_failures),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-                callbacks=[make_progress_callback(run["num_samples"], max_epochs), *study_callbacks], verbose=1))
-    if study.dashboard_command(plan, exp):
-        print(f"[hscmae] Optuna study {run['name']!r}; watch it with: {study.dashboard_command(plan, exp)}",
-              flush=True)
-    results = interrupts.fit(tuner)  # None if a third signal cut the final save short
-    return finish(results, interrupts, argv, time.time() - t0)
-
-
-def finish(results, interrupts: Interrupts, argv: list[str], seconds: float = 0.0) -> int:
-    """The summary; if a signal stopped the search, the status block, the resume command and 130 / 143."""
-    search = interrupts.search
-    if search is None:  # interrupted before the experiment was even named: nothing ran
-        print(f"\n[hscmae] interrupted ({interrupts.signal_name}) before the search started; nothing was run",
-              flush=True)
-        return interrupts.exit_code
-    exp, n, max_epochs = search["exp"], search["num_samples"], search["max_epochs"]
-    states = saved_trial_states(exp)  # Tune's saved state: what a resume restores
-    if results is not None:
-        print_summary(results, exp, max_epochs, seconds, states)
-    if interrupts.signum is None:
-        return 0
-    if states is not None and count_trials(states, n, max_epochs)["finished"] == n:
-        print(f"[hscmae] ({interrupts.signal_name} arrived as the last trial finished: the search is complete)")
-        return 0
-    interrupts.report(exp, argv, n, max_epochs, states)
-    return interrupts.exit_code
-
-
-def print_summary(results, exp: str, max_epochs: int, seconds: float,
-                  states: dict[str, tuple[str, int]] | None = None) -> None:
-    """states: each trial's Tune status and last epoch (harness.interrupt.saved_trial_states); without
-    it, from the results (errored; ended at its last reported epoch; never reported: not started).
-    Counts come from these states, never from which metrics a result happens to have."""
-    if states is None:
-        epochs = [int((r.metrics or {}).get("epoch") or 0) for r in results]
-        states = {str(i): ("ERROR" if r.error else "TERMINATED" if e else "PENDING", e)
-                  for i, (r, e) in enumerate(zip(results, epochs))}
-    c = count_trials(states, len(states), max_epochs)
-    errored = [r for r in results if r.error]
-    ok = [r for r in results if not r.error and METRIC in (r.metrics or {})]
-    unfinished = "".join(f", {v} {what}" for v, what in ((c["running"], "interrupted while running"),
-                                                         (c["not_started"], "not started")) if v)
-    # seconds is this command's run: after --resume that is only the resumed part of the search
-    print(f"\n[hscmae] {len(states)} trials ({seconds / 60:.1f} min in this run): {c['full']} ran all "
-          f"{max_epochs} epochs, {c['early']} stopped early by ASHA, {c['errored']} errored{unfinished}")
-    for r in errored:
-        print(f"  errored: {r.path}: {str(r.error).strip().splitlines()[-1][:200]}")
-    if not ok:
-        print(f"[hscmae] no trial reported {METRIC} yet; results in {exp}")
-        return
-    # best by validation, among trials that trained all epochs (a stopped trial has no test score)
-    full = [r for r in ok if "test_map" in r.metrics] or ok
-    best = max(full, key=lambda r: r.metrics[METRIC])
-    known = Config.__dataclass_fields__
-    print("[hscmae] best config (by val_map):")
-    for k, v in sorted((best.config or {}).items()):
-        if k in known or k.startswith("one_minus"):
-            print(f"    {k}: {v}")
-    m = best.metrics
-    test = f"test_map {m['test_map']:.4f} (a2v {m['test_map_a2v']:.4f}, v2a {m['test_map_v2a']:.4f})" \
-        if "test_map" in m else "no test score (did not run all epochs)"
-    print(f"[hscmae] best val_map {m[METRIC]:.4f} (a2v {m['val_map_a2v']:.4f}, v2a {m['val_map_v2a']:.4f}); {test}")
-    print(f"[hscmae] results in {exp}  (report: python report.py {exp})")
+    return run_search(args, run, interrupts, argv)
 
 
 if __name__ == "__main__":

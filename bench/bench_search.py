@@ -5,10 +5,10 @@ without ASHA, several search seeds each, on the default space.
     python bench/bench_search.py --trials 12  # a third of the budget; ~20 min
     python bench/bench_search.py --quick    # smoke space, tiny budget, 2 methods, 1 seed (CI); --no-write
 
-Every search runs the harness's own trainable (`tune_main.run_trial`: fit() reporting val_map
-every epoch, checkpointing as the space says) with the data set put in Ray's object store once,
-1 CPU per trial, 2 trials at a time, in one Ray session, trial workers reused as tune_main.py does;
-the methods run one after another.
+Every search runs the Tuner tune_main.py runs (`harness.tuner.build_tuner`: the trainable fit()
+reporting val_map every epoch, checkpointing as the space says, choosing its test-time CCA at
+ASHA's rungs), with the data set put in Ray's object store once, 1 CPU per trial, 2 trials at a
+time, in one Ray session, trial workers reused; the methods run one after another.
 Random search is OptunaSearch with optuna's RandomSampler on the same define-by-run space, so the
 two searchers differ only in how they propose. The budget is counted in trained epochs (one per
 reported result, summed over all trials, in the order the driver receives them): the searches
@@ -68,34 +68,29 @@ def make_recorder(budget: int):
 
 def one_search(prep, method: str, seed: int, budget: int, storage: str) -> list[dict]:
     import optuna
-    from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
 
     from harness import METRIC, MODE
-    from harness.trainable import run_trial
+    from harness.tuner import build_tuner
 
     space, max_epochs = prep["space"], prep["probe"].epochs
     sampler = optuna.samplers.TPESampler(seed=seed) if method.startswith("Optuna") else optuna.samplers.RandomSampler(seed=seed)
     asha = "ASHA" in method
     # the space's ASHA settings, grace scaled to this budget's max_epochs (default: 10 of 60)
     grace = max(1, math.ceil(space.grace_period * max_epochs / 60)) if max_epochs < 60 else space.grace_period
-    scheduler = (ASHAScheduler(time_attr="epoch", max_t=max_epochs, grace_period=grace,
-                               reduction_factor=space.reduction_factor) if asha else FIFOScheduler())
     recorder = make_recorder(budget)
-    trainable = tune.with_resources(
-        tune.with_parameters(run_trial, data=prep["data"], base=prep["base"], fixed=space.fixed,
-                             checkpoint_every=space.checkpoint_every, cpus=1), {"cpu": 1})
-    tuner = tune.Tuner(
-        trainable,
-        tune_config=tune.TuneConfig(metric=METRIC, mode=MODE, num_samples=budget if asha else budget // max_epochs,
-                                    search_alg=ConcurrencyLimiter(OptunaSearch(space=space.sample, metric=METRIC, mode=MODE,
-                                                                               sampler=sampler), 2),
-                                    scheduler=scheduler, reuse_actors=True),
-        run_config=tune.RunConfig(name=f"{method.replace(' ', '').replace(',', '_').replace('+', '_')}-{seed}",
-                                  storage_path=storage, stop=recorder, verbose=0,
-                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
+    name = f"{method.replace(' ', '').replace(',', '_').replace('+', '_')}-{seed}"
+    # the harness's own Tuner (tune_main.py builds the same): fit's choice epochs are these ASHA
+    # rungs, so ASHA cuts on the final protocol's val_map; without a scheduler the rungs still
+    # fix where the choice is made, so both kinds of search report the same quantity
+    tuner = build_tuner(os.path.join(storage, name), data=prep["data"], base=prep["base"], fixed=space.fixed,
+                        max_epochs=max_epochs, grace_period=grace, reduction_factor=space.reduction_factor,
+                        checkpoint_every=space.checkpoint_every, cpus=1, asha=asha,
+                        num_samples=budget if asha else budget // max_epochs,
+                        search_alg=ConcurrencyLimiter(OptunaSearch(space=space.sample, metric=METRIC, mode=MODE,
+                                                                   sampler=sampler), 2),
+                        stop=recorder, verbose=0, num_to_keep=1)
     tuner.fit()
     return recorder.results[:budget]
 

@@ -12,11 +12,17 @@ experiment state every few seconds, while the storage is written at once, so aft
 storage can be ahead of the pickle. Stock OptunaSearch pickles its whole study, storage handle and
 all; with a journal the unpickled storage re-reads the file, so the storage's trials win, but the
 trials asked after the last save would stay RUNNING forever and a new ask would add more (one too
-many). Here the pickle keeps only which Optuna trial (by number) each Tune trial is; the study is
-always loaded from the storage, and a trial the storage holds but Tune lost is handed to the next
-trial Tune creates (same params, so none twice). Tune retries errored trials on --resume, and a
-finished Optuna trial cannot change state, so errored trials are told FAIL only when the whole
-search has finished.
+many). Here the pickle keeps no study and no trial mapping: on restore the study is loaded from
+the storage and the Tune trial -> Optuna trial mapping is rebuilt from each Optuna trial's
+`tune_trial_id` attribute, paired with the Tune trials of Tune's saved experiment state (the one
+it restores: harness/tune_state.py); an Optuna trial whose Tune trial Tune lost is handed to the
+next trial Tune creates (same params, so none twice). Tune retries errored trials on --resume,
+and a finished Optuna trial cannot change state, so errored trials are told FAIL only when the
+whole search has finished.
+
+Where the experiment folder now is (it may have been moved) and how many trials the resumed
+command wants come from the experiment's own study.json, which the resumed command rewrites
+before `Tuner.restore` and Tune copies beside the searcher state it restores from.
 
 Tune cannot grow a restored experiment (its sample count comes back from its saved state):
 `SearchGenerator` here takes the count from the resumed command, so `--resume --num-samples 10`
@@ -28,14 +34,11 @@ import json
 import os
 
 from harness import UsageError
+from hscmae.config import Config
 from hscmae.io import writable_folder_error
 
 JOURNAL = "optuna-study.journal"  # inside the experiment folder
 RECORD = "study.json"  # what this module records beside Tune's files, checked on --resume
-
-# Set by tune_main before Tuner.restore: Tune unpickles the searcher and search generator itself,
-# so this is how they learn where the experiment folder now is and how many trials are wanted.
-_RESUME: dict = {}
 
 
 def add_arguments(p) -> None:
@@ -90,14 +93,16 @@ def study_identity(space, name: str) -> dict:
 # Before Ray starts: what the study, warm start and MLflow need; every refusal is a UsageError
 # ------------------------------------------------------------------------------------------------
 def plan(args, space, base: dict, name: str, exp: str, exists: bool, num_samples: int,
-         max_concurrent: int, max_epochs: int, grace_period: int, reduction_factor: int, log=print) -> dict:
+         max_concurrent: int, max_epochs: int, grace_period: int, reduction_factor: int, log=print,
+         overrides: dict | None = None) -> dict:
     """What this run does with the study. Fresh run: where the study goes (refusing a storage that
     already holds a study of that name), the warm-start point, MLflow. Resume: the recorded plan,
     refusing flags it cannot honour; num_samples may grow (an extended search), never shrink."""
     local = "://" not in exp
     if exists:
         return _plan_resume(args, space, base, name, exp, max_concurrent, max_epochs,
-                            {"grace_period": grace_period, "reduction_factor": reduction_factor})
+                            {"grace_period": grace_period, "reduction_factor": reduction_factor},
+                            overrides or {})
     if args.optuna_storage:  # a journal path is made absolute: a resume may run from another folder
         where, kind = args.optuna_storage if "://" in args.optuna_storage else os.path.abspath(args.optuna_storage), "url"
     elif local:
@@ -127,12 +132,34 @@ def plan(args, space, base: dict, name: str, exp: str, exists: bool, num_samples
                 journal=JOURNAL if kind == "journal" else None, persistent=where is not None,
                 warm_start=point, mlflow=mlflow, num_samples=num_samples, max_concurrent=max_concurrent,
                 seed=args.seed, max_epochs=max_epochs, grace_period=grace_period,
-                reduction_factor=reduction_factor, identity=study_identity(space, name))
+                reduction_factor=reduction_factor, identity=study_identity(space, name),
+                set=_jsonable(overrides or {}))
 
 
-def _plan_resume(args, space, base, name, exp, max_concurrent, max_epochs, asha: dict) -> dict:
+def _jsonable(x):
+    return json.loads(json.dumps(x))
+
+
+def set_flags(overrides: dict) -> str:
+    """--set's values as a command line would give them (for messages)."""
+    return " ".join(f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in overrides.items())
+
+
+def check_space(space, exp: str) -> None:
+    """On resume, before anything else is compared: the experiment's space (space.json). Another
+    space explains every other difference (fixed keys, epochs, data), so it is the one error."""
     from harness.storage import read_text
 
+    rec_space = json.loads(read_text(exp, "space.json") or "{}")
+    if rec_space.get("name") not in (None, space.name):
+        raise UsageError(f"cannot resume {exp} as asked: --space {space.name}: the experiment searched space "
+                         f"{rec_space['name']!r} (resume with --space {rec_space['name']}, or use another --name)")
+
+
+def _plan_resume(args, space, base, name, exp, max_concurrent, max_epochs, asha: dict, overrides: dict) -> dict:
+    from harness.storage import read_text
+
+    check_space(space, exp)
     text = read_text(exp, RECORD)
     rec_space = json.loads(read_text(exp, "space.json") or "{}")
     recorded_n = rec_space.get("num_samples")
@@ -140,11 +167,12 @@ def _plan_resume(args, space, base, name, exp, max_concurrent, max_epochs, asha:
         if args.num_samples is not None and recorded_n is not None and args.num_samples != recorded_n:
             raise UsageError(f"--num-samples {args.num_samples}: {exp} predates the stored Optuna study "
                              f"({RECORD} is missing) and can only be resumed at its {recorded_n} trials")
+        if overrides:
+            raise UsageError(f"--set {set_flags(overrides)}: {exp} predates the stored Optuna study ({RECORD} is "
+                             "missing) and can only be resumed as it was")
         return dict(legacy=True, num_samples=recorded_n)
     rec = json.loads(text)
     errors = []
-    if rec_space.get("name") != space.name:
-        errors.append(f"--space {space.name}: the experiment searched space {rec_space.get('name')!r}")
     if rec_space.get("params") is not None and rec["identity"]["hscmae_params"] != study_identity(space, name)["hscmae_params"]:
         errors.append(f"space {space.name!r} now searches other parameters or ranges than the experiment did")
     if rec_space.get("fixed") is not None and json.loads(json.dumps(space.fixed)) != rec_space["fixed"]:
@@ -155,7 +183,12 @@ def _plan_resume(args, space, base, name, exp, max_concurrent, max_epochs, asha:
     import yaml
 
     old_base = read_text(exp, "base_config.yaml")
-    if old_base is not None and yaml.safe_load(old_base) != json.loads(json.dumps(base)):
+    rec_set = rec.get("set") or {}
+    if _jsonable(overrides) != rec_set:
+        errors.append(f"--set {set_flags(overrides) or '(none)'}: the experiment's base config was set with "
+                      f"{'--set ' + set_flags(rec_set) if rec_set else 'no --set'}")
+    # keys the old file predates take their defaults (the behaviour it ran with), as a checkpoint's do
+    elif old_base is not None and {**Config().to_dict(), **yaml.safe_load(old_base)} != _jsonable(base):
         errors.append(f"--config {args.config} differs from the experiment's base_config.yaml")
     if args.seed != rec["seed"]:
         errors.append(f"--seed {args.seed}: the experiment's sampler was seeded with {rec['seed']}")
@@ -283,34 +316,12 @@ def record(exp: str, p: dict) -> None:
     """study.json (and, for an extended search, space.json's num_samples) in the experiment folder."""
     from harness.storage import read_text, write_metadata
 
-    files = {RECORD: json.dumps({k: v for k, v in p.items() if k not in ("extend_from", "legacy")},
-                                indent=2) + "\n"}
+    files = {RECORD: json.dumps({**{k: v for k, v in p.items() if k not in ("extend_from", "legacy")},
+                                 "experiment": exp}, indent=2) + "\n"}
     space = read_text(exp, "space.json")
     if p.get("extend_from") and space:
         files["space.json"] = json.dumps({**json.loads(space), "num_samples": p["num_samples"]}, indent=2) + "\n"
     write_metadata(exp, files)
-
-
-def bind_resume(exp: str, num_samples: int | None) -> None:
-    _RESUME.clear()
-    _RESUME.update(exp=exp, num_samples=num_samples)
-
-
-def make_search_alg(p: dict, space, exp: str, sampler):
-    """SearchGenerator(ConcurrencyLimiter(StudySearch)) and the callbacks that go with it."""
-    from ray.tune.search import ConcurrencyLimiter
-
-    from harness.study_search import Generator, StudyCallback, StudySearch
-
-    searcher = StudySearch(space.sample, exp=exp, plan=p, sampler=sampler)
-    gen = Generator(ConcurrencyLimiter(searcher, p["max_concurrent"]))
-    callbacks = [StudyCallback(searcher)]
-    if p.get("mlflow"):
-        from ray.air.integrations.mlflow import MLflowLoggerCallback
-
-        callbacks.append(MLflowLoggerCallback(tracking_uri=p["mlflow"], experiment_name=p["study_name"],
-                                              save_artifact=False))
-    return gen, callbacks
 
 
 def dashboard_command(p: dict, exp: str) -> str | None:

@@ -1,8 +1,15 @@
 """The Tune side of the stored Optuna study (harness/study.py explains the design): the searcher,
 the search generator that lets a restored search grow, and the callback that records trial
-folders. Imported only once the command line has been checked (it imports Ray)."""
+folders. Imported only once the command line has been checked (it imports Ray). It imports
+harness.study (the storage helpers), never the other way round.
+
+The private OptunaSearch members used here (`_ot_study`, `_ot_trials`, `_storage`, `_sampler`,
+`_space`, `_completed_trials`, `_suggest_from_define_by_run_func`) and SearchGenerator's
+`_total_samples` are Ray 2.60's; tests/test_ray_internals.py fails, naming the member, if one
+goes."""
 from __future__ import annotations
 
+import json
 import os
 import pickle
 
@@ -13,7 +20,10 @@ from ray.tune.search import SearchGenerator
 from ray.tune.search.optuna import OptunaSearch
 
 from harness import METRIC, MODE
-from harness.study import _RESUME, _storage_or_error
+from harness.study import RECORD, _storage_or_error
+from harness.tune_state import read_trials
+
+REBOUND = "tune_trial_rebound"  # study attribute: {Tune trial id: number} for finished trials handed on
 
 
 class StudySearch(OptunaSearch):
@@ -38,14 +48,17 @@ class StudySearch(OptunaSearch):
         if self._plan["storage"]:
             return self._plan["storage"]
         if self._plan["journal"]:
-            return os.path.join(_RESUME.get("exp") or self._exp, self._plan["journal"])
+            return os.path.join(self._exp, self._plan["journal"])
         return None
 
-    # -- pickling: the study stays in the storage; the pickle maps Tune trials to numbers --
+    # -- pickling: the study stays in the storage, and so does which Tune trial is which --
     def __getstate__(self):
         state = self.__dict__.copy()
         state["_live"] = {}
         state["_ot_trials"] = {}
+        # rebuilt on restore from the study's tune_trial_id attributes and Tune's saved state
+        state["_numbers"], state["_errored"], state["_orphans"] = {}, set(), []
+        state["_completed_trials"] = set()
         if self._plan["persistent"]:
             state["_ot_study"] = state["_storage"] = None
         return state
@@ -57,33 +70,62 @@ class StudySearch(OptunaSearch):
         with open(checkpoint_path, "wb") as f:
             pickle.dump(self.__getstate__(), f)
 
+    def restore_from_dir(self, checkpoint_dir: str):
+        """What Tune calls on --resume, with the folder it copied the experiment's .json and .pkl
+        files into: the newest searcher-state pickle, the experiment state Tune restores its
+        trials from, and our study.json (where the experiment folder is now, how many trials the
+        resumed command wants; rewritten by it before Tuner.restore)."""
+        super().restore_from_dir(checkpoint_dir)  # -> restore(newest searcher-state-*.pkl)
+        rec_path = os.path.join(checkpoint_dir, RECORD)
+        if os.path.exists(rec_path):
+            with open(rec_path) as f:
+                rec = json.load(f)
+            self._exp = rec.get("experiment") or self._exp
+            self._plan = {**self._plan, "num_samples": rec.get("num_samples") or self._plan["num_samples"]}
+        trials = read_trials(checkpoint_dir)
+        self._pending_rebuild = False
+        self._rebuild(None if trials is None else {t["trial_id"] for t in trials})
+
     def restore(self, checkpoint_path: str):
         super().restore(checkpoint_path)  # Tune's own state file, unpickled as Tune does (README, Security)
         self._live = {}
-        if _RESUME.get("num_samples"):
-            self._plan = {**self._plan, "num_samples": _RESUME["num_samples"]}
         if self._plan["persistent"]:
             self._ot_study = None
-            self._study()  # reloaded from the storage and reconciled with this pickle
+        self._pending_rebuild = True  # done by restore_from_dir, or else at the study's first use
 
     def _study(self):
         if self._ot_study is None:
             self._storage = _storage_or_error(self._where(), "Optuna storage")
             self._ot_study = optuna.load_study(study_name=self._plan["study_name"], storage=self._storage,
                                                sampler=self._sampler, pruner=optuna.pruners.NopPruner())
-            self._reconcile()
+        if getattr(self, "_pending_rebuild", False):
+            self._pending_rebuild = False
+            self._rebuild(None)
         return self._ot_study
 
-    def _reconcile(self):
-        """After a restore: the storage is the truth; the pickle says which Tune trial is which."""
-        trials = self._ot_study.get_trials(deepcopy=False)
-        bound = set(self._numbers.values())
-        self._orphans = [t.number for t in trials if t.number not in bound and t.state != TrialState.WAITING]
-        # errored trials are retried by --resume: record their new outcome (still RUNNING in the study)
-        state = {t.number: t.state for t in trials}
-        retried = {t for t in self._errored if state.get(self._numbers[t]) == TrialState.RUNNING}
-        self._errored -= retried
-        self._completed_trials -= retried
+    def _rebuild(self, tune_trials: set[str] | None) -> None:
+        """After a restore, the mapping from the storage (the truth): each Optuna trial's
+        tune_trial_id attribute (and the study's record of finished trials handed on to a new Tune
+        trial) says which Tune trial it is. tune_trials: the trial ids of Tune's restored state;
+        an Optuna trial whose Tune trial is not among them was lost by Tune (asked after its last
+        save) and is handed to the next trial Tune creates. None: every recorded id is Tune's."""
+        study = self._study()
+        trials = study.get_trials(deepcopy=False)
+        by_number = {t.number: t for t in trials}
+        ids = {t.number: t.user_attrs.get("tune_trial_id") for t in trials}
+        for tid, number in (study.user_attrs.get(REBOUND) or {}).items():
+            ids[number] = tid
+        self._numbers, self._orphans = {}, []
+        for number in sorted(ids):
+            tid = ids[number]
+            if tid is not None and (tune_trials is None or tid in tune_trials):
+                self._numbers[tid] = number
+            elif by_number[number].state != TrialState.WAITING:
+                self._orphans.append(number)
+        # finished Optuna trials are completed Tune trials; an errored trial is still RUNNING in the
+        # study (told FAIL only when the search ends) and --resume retries it
+        self._completed_trials = {tid for tid, n in self._numbers.items() if by_number[n].state.is_finished()}
+        self._errored = set()
 
     def _frozen(self, number: int):
         st = self._study()
@@ -105,7 +147,10 @@ class StudySearch(OptunaSearch):
         if trial_id not in self._numbers:
             number = self._orphans.pop(0) if self._orphans else study.ask().number
             self._numbers[trial_id] = number
-            self._set_attr(number, "tune_trial_id", trial_id)
+            if self._frozen(number).state.is_finished():  # a finished trial's attributes are frozen
+                study.set_user_attr(REBOUND, {**(study.user_attrs.get(REBOUND) or {}), trial_id: number})
+            else:
+                self._set_attr(number, "tune_trial_id", trial_id)
         return self._suggest_from_define_by_run_func(self._space, self._trial(self._numbers[trial_id]))
 
     def bind_folder(self, trial_id: str, folder: str) -> None:
@@ -155,14 +200,19 @@ class StudySearch(OptunaSearch):
                 study.tell(number, state=TrialState.FAIL)
         self._orphans = []
 
+
 class Generator(SearchGenerator):
     """Tune's SearchGenerator; on restore its sample count is the resumed command's, so a
     finished search can be extended in place."""
 
     def set_state(self, state):
-        super().set_state(state)
-        if _RESUME.get("num_samples"):
-            self._total_samples = max(self._total_samples, _RESUME["num_samples"])
+        super().set_state(state)  # called after the StudySearch below restored (its num_samples: the command's)
+        base = self.searcher
+        while hasattr(base, "searcher"):
+            base = base.searcher
+        wanted = getattr(base, "_plan", {}).get("num_samples")
+        if wanted:
+            self._total_samples = max(self._total_samples, wanted)
 
     # ConcurrencyLimiter passes on the completion of its live trials only; an errored trial retried
     # by --resume is not one of them (it left them when it errored), yet its outcome is the study's
@@ -172,6 +222,7 @@ class Generator(SearchGenerator):
         else:
             self.searcher.searcher.on_trial_complete(trial_id, result=result, error=error)
 
+
 class StudyCallback(Callback):
     """Ties each Optuna trial to its Tune trial folder."""
 
@@ -180,3 +231,18 @@ class StudyCallback(Callback):
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self.searcher.bind_folder(trial.trial_id, os.path.basename(trial.path.rstrip("/")))
+
+
+def make_search_alg(p: dict, space, exp: str, sampler):
+    """SearchGenerator(ConcurrencyLimiter(StudySearch)) and the callbacks that go with it."""
+    from ray.tune.search import ConcurrencyLimiter
+
+    searcher = StudySearch(space.sample, exp=exp, plan=p, sampler=sampler)
+    gen = Generator(ConcurrencyLimiter(searcher, p["max_concurrent"]))
+    callbacks = [StudyCallback(searcher)]
+    if p.get("mlflow"):
+        from ray.air.integrations.mlflow import MLflowLoggerCallback
+
+        callbacks.append(MLflowLoggerCallback(tracking_uri=p["mlflow"], experiment_name=p["study_name"],
+                                              save_artifact=False))
+    return gen, callbacks

@@ -1,8 +1,12 @@
 """The stored Optuna study without a search: StudySearch driven the way Tune drives it (suggest,
-results, completion, save, then a SIGKILL = a fresh object restored from the last save), checked
+results, completion, a save of Tune's experiment state beside the searcher state, then a SIGKILL =
+a fresh object restored from the last save through restore_from_dir, as Tune restores it), checked
 against the study as a fresh Optuna process reads it back from the journal. Also the warm-start
 point and the nearest allowed values. Seconds, no Ray cluster."""
 import copy
+import json
+import pickle
+import shutil
 
 import optuna
 import pytest
@@ -25,17 +29,35 @@ def plan(n, max_epochs=3, warm=None):
 def new_search(tmp_path, n, **kw):
     from harness.study_search import StudySearch
 
-    S._RESUME.clear()
     return StudySearch(get_space("smoke").sample, exp=str(tmp_path), plan=plan(n, **kw),
                        sampler=optuna.samplers.TPESampler(seed=0))
 
 
-def killed_and_restored(search, ckpt, tmp_path, num_samples=None):
+def tune_saves(search, tmp_path, tune_trials):
+    """Tune's periodic save (TuneController.save_to_dir): its experiment state, listing the trials
+    it has created (Tune 2.60's layout: [trial json, run metadata json] pairs), and the searcher's
+    state, into the folder Tune later copies back for restore_from_dir."""
+    d = tmp_path / "tune-save"
+    d.mkdir(exist_ok=True)
+    state = {"trial_data": [[json.dumps({"trial_id": t, "status": "RUNNING"}), json.dumps({"last_result": {}})]
+                            for t in tune_trials], "runner_data": {}, "stats": {}}
+    (d / "experiment_state-2026-01-01_00-00-00.json").write_text(json.dumps(state))
+    search.save_to_dir(str(d), session_str="2026-01-01_00-00-00")
+    return d
+
+
+def killed_and_restored(search, saved, tmp_path, num_samples=None, moved_to=None):
     """What Tune does after a SIGKILL: the searcher object from tuner.pkl, restored from the last
-    searcher-state pickle."""
+    save's folder (searcher state, experiment state, and the study.json the resumed command
+    rewrote: where the experiment is now, how many trials it wants)."""
     fresh = copy.deepcopy(search)  # as the Tuner's pickle of it (through __getstate__: no study)
-    S.bind_resume(str(tmp_path), num_samples)
-    fresh.restore(str(ckpt))
+    d = tmp_path / "restore"
+    shutil.rmtree(d, ignore_errors=True)
+    shutil.copytree(saved, d)
+    exp = moved_to or tmp_path
+    (d / "study.json").write_text(json.dumps({**plan(num_samples or search._plan["num_samples"]),
+                                              "experiment": str(exp)}))
+    fresh.restore_from_dir(str(d))
     return fresh
 
 
@@ -57,13 +79,13 @@ def test_storage_wins_trials_asked_or_told_after_the_last_save_are_neither_lost_
     run_epochs(s, "a", [1, 2])
     s.on_trial_complete("a", {"epoch": 3, "val_map": 0.9})
     run_epochs(s, "b", [1])
-    s.save(str(tmp_path / "ckpt.pkl"))  # Tune's periodic save ...
+    saved = tune_saves(s, tmp_path, ["a", "b"])  # Tune's periodic save ...
     pc = s.suggest("c")  # ... then c is asked and b is stopped early by ASHA: the storage is ahead
     run_epochs(s, "c", [1])
     s.on_trial_complete("b", {"epoch": 1, "val_map": 0.51})
     assert read_back(tmp_path).trials[2].state == TrialState.RUNNING
 
-    r = killed_and_restored(s, tmp_path / "ckpt.pkl", tmp_path)
+    r = killed_and_restored(s, saved, tmp_path)
     # Tune lost trial c: it creates a new trial, which gets c's Optuna trial (same params), not a 5th
     assert r.suggest("c2") == pc
     assert r.suggest("b") == pb  # b is restored from its checkpoint; its Optuna trial is b's
@@ -89,10 +111,10 @@ def test_errored_trials_fail_only_when_the_search_ends_so_a_resume_can_retry_the
     s = new_search(tmp_path, 2)
     s.suggest("a"), s.suggest("b")
     s.on_trial_complete("a", error=True)  # e.g. a worker lost; --resume retries errored trials
-    s.save(str(tmp_path / "ckpt.pkl"))
+    saved = tune_saves(s, tmp_path, ["a", "b"])
     assert read_back(tmp_path).trials[0].state == TrialState.RUNNING  # not FAIL yet: b still runs
 
-    r = killed_and_restored(s, tmp_path / "ckpt.pkl", tmp_path)
+    r = killed_and_restored(s, saved, tmp_path)
     run_epochs(r, "a", [1, 2])  # the retry succeeds this time
     r.on_trial_complete("a", {"epoch": 3, "val_map": 0.6})
     r.on_trial_complete("b", error=True)  # fails for good: the search is over, so b is FAIL
@@ -103,14 +125,81 @@ def test_errored_trials_fail_only_when_the_search_ends_so_a_resume_can_retry_the
 
 def test_a_lost_trial_that_tune_never_recreates_ends_failed_not_running(tmp_path):
     s = new_search(tmp_path, 1)
-    s.save(str(tmp_path / "ckpt.pkl"))
+    saved = tune_saves(s, tmp_path, [])
     s.suggest("a")  # asked, then the driver dies before the save
-    r = killed_and_restored(s, tmp_path / "ckpt.pkl", tmp_path)
+    r = killed_and_restored(s, saved, tmp_path)
     # a Tune that had counted the trial would not ask again; the search ends: no RUNNING trial left
     r._completed_trials.add("x")
     r._finish_if_done()
     st = read_back(tmp_path)
     assert [t.state for t in st.trials] == [TrialState.FAIL] and st.trials[0].user_attrs["orphaned"] is True
+
+
+def test_the_pickle_keeps_no_mapping_it_is_rebuilt_from_the_tune_trial_id_attributes(tmp_path):
+    s = new_search(tmp_path, 3)
+    pa, pb = s.suggest("a"), s.suggest("b")
+    run_epochs(s, "a", [1, 2, 3])
+    s.on_trial_complete("a", {"epoch": 3, "val_map": 0.9})
+    saved = tune_saves(s, tmp_path, ["a", "b"])
+    state = pickle.load(open(next(saved.glob("searcher-state-*.pkl")), "rb"))
+    assert state["_numbers"] == {} and state["_completed_trials"] == set() and state["_ot_study"] is None
+    # the experiment moved (the journal with it): the study is found where study.json says it now is
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    shutil.move(str(tmp_path / "j.journal"), str(moved / "j.journal"))
+    r = killed_and_restored(s, saved, tmp_path, moved_to=moved)
+    st = optuna.load_study(study_name="u", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(moved / "j.journal"))))
+    # what the rebuilt mapping must be, read from the stored attributes by hand
+    assert r._numbers == {t.user_attrs["tune_trial_id"]: t.number for t in st.trials} == {"a": 0, "b": 1}
+    assert r._completed_trials == {"a"} and r._orphans == []
+    assert r.suggest("b") == pb and r.suggest("a") == pa
+    run_epochs(r, "b", [1, 2, 3])
+    r.on_trial_complete("b", {"epoch": 3, "val_map": 0.7})
+    r.suggest("c")
+    assert [t.user_attrs["tune_trial_id"] for t in st.trials] == ["a", "b", "c"]
+
+
+def test_a_finished_trial_handed_to_a_new_tune_trial_stays_bound_across_two_kills(tmp_path):
+    """c finishes after the last save, Tune loses it and creates c2, which takes c's Optuna trial;
+    a finished trial's attributes cannot change, so the study records the hand-over: after a second
+    kill c2 is still c's trial and a new trial gets a new number (no params twice)."""
+    s = new_search(tmp_path, 4)
+    s.suggest("a")
+    saved = tune_saves(s, tmp_path, ["a"])
+    pc = s.suggest("c")
+    s.on_trial_complete("c", {"epoch": 3, "val_map": 0.8})
+    r = killed_and_restored(s, saved, tmp_path)
+    assert r._orphans == [1]
+    assert r.suggest("c2") == pc
+    saved = tune_saves(r, tmp_path, ["a", "c2"])
+    r2 = killed_and_restored(r, saved, tmp_path)
+    assert r2._numbers == {"a": 0, "c2": 1} and r2._orphans == [] and "c2" in r2._completed_trials
+    r2.suggest("d")
+    st = read_back(tmp_path)
+    assert len(st.trials) == 3 and st.trials[2].user_attrs["tune_trial_id"] == "d"
+    assert st.user_attrs["tune_trial_rebound"] == {"c2": 1}
+
+
+def test_a_resumed_command_asking_more_trials_grows_the_search(tmp_path):
+    """num_samples comes from the study.json the resumed command wrote, not from the pickle."""
+    from ray.tune.search import ConcurrencyLimiter
+
+    from harness.study_search import Generator
+
+    s = new_search(tmp_path, 2)
+    gen = Generator(ConcurrencyLimiter(s, 2))
+    gen._total_samples = 2
+    s.suggest("a")
+    saved = tune_saves(s, tmp_path, ["a"])
+    gen.save_to_dir(str(saved), session_str="2026-01-01_00-00-00")
+    fresh = copy.deepcopy(gen)
+    d = tmp_path / "restore"
+    shutil.copytree(saved, d)
+    (d / "study.json").write_text(json.dumps({**plan(5), "experiment": str(tmp_path)}))
+    fresh.restore_from_dir(str(d))
+    assert fresh._total_samples == 5 and fresh.searcher.searcher._plan["num_samples"] == 5
+    assert fresh.searcher.searcher._numbers == {"a": 0}
 
 
 def test_the_warm_start_is_the_first_trial(tmp_path):
