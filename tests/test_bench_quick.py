@@ -23,7 +23,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = sorted(glob.glob(os.path.join(REPO, "bench", "bench_*.py")))
 BENCHMARKS = os.path.join(REPO, "BENCHMARKS.md")
 EXPECTED = {"bench_train.py", "bench_map.py", "bench_harness.py", "bench_search.py", "bench_scaling.py",
-            "bench_quality.py", "bench_load.py", "bench_eval.py", "bench_report.py"}
+            "bench_quality.py", "bench_load.py", "bench_eval.py", "bench_report.py", "bench_noise.py"}
 
 
 def _load(path):

@@ -198,3 +198,57 @@ def test_export_to_an_unwritable_path_is_one_error_line(dest):
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {dest}: cannot write there"), p.stderr
     assert not os.path.exists(dest)
+
+
+# ---------------------------------------------------------------------------------------------
+# bench/bench_noise.py --quick: what a broken benchmark would get wrong
+# ---------------------------------------------------------------------------------------------
+def _bench():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_noise_under_test", os.path.join(ROOT, "bench", "bench_noise.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_bench_noise_quick_trains_on_shuffled_train_pairs_and_tunes_on_val(tmp_path, clean):
+    bench = _bench()
+    bench_md = os.path.join(ROOT, "BENCHMARKS.md")
+    before = open(bench_md, "rb").read() if os.path.exists(bench_md) else None
+    out = str(tmp_path / "runs")
+    tables = bench.main(["--quick", "--no-write", "--out", out])
+    assert (open(bench_md, "rb").read() if before is not None else None) == before
+    assert os.path.exists(os.path.join(out, "fig_noise.png"))
+    runs = bench.read_runs(out)
+    assert {r["rate"] for r in runs} == {0.0, 0.5}
+    train = clean.splits["train"]
+    for r in runs:
+        if r["config"] is None:
+            continue
+        # what the run trained on is the noisy load its config names: the fingerprint it recorded
+        # is that of load_data_for(its config), computed here
+        data = load_data_for(config_from_dict({**r["config"]}) if "seed" in r["config"] else
+                             config_from_dict({"data": r["config"]["data"], "pair_noise": r["config"]["pair_noise"]}))
+        assert r["config"]["pair_noise"] == r["rate"] and r["fingerprint"] == data.fingerprint()
+        changed = _changed_rows(clean.visual, data.visual)
+        assert len(changed) == round(r["rate"] * len(train)) and set(changed) <= set(train.tolist())
+        for part in ("val", "test"):
+            assert data.visual[clean.splits[part]].tobytes() == clean.visual[clean.splits[part]].tobytes()
+        if r["rate"] == 0:
+            assert data.fingerprint() == clean.fingerprint()
+    # each deep baseline's reported cell is its search point with the best *validation* mAP
+    for m, label in (("dcca", bench.METHODS["dcca"]), ("dccae", bench.METHODS["dccae"])):
+        row = next(x for x in tables["noise"] if x["method"] == label)
+        for rate in (0.0, 0.5):
+            search = [r for r in runs if r["method"] == m and r["rate"] == rate and r.get("search")]
+            assert len(search) == 2
+            by_val = max(search, key=lambda r: r["auto"]["val_map"])
+            assert row[f"test mAP @ {int(100 * rate)}%"] == f"{by_val['auto']['test_map']:.3f}"
+            chosen = [x for x in tables["baseline_search"] if x["baseline"] == label and x["noise"] == f"{int(100 * rate)}%"
+                      and x["chosen"] == "yes"]
+            assert [(c["lr"], c["cca_dim"]) for c in chosen] == [(by_val["point"]["lr"], by_val["point"]["cca_dim"])]
+    # a rerun reads every run back instead of training again
+    again = bench.main(["--quick", "--no-write", "--out", out])
+    assert again["noise"] == tables["noise"] and len(bench.read_runs(out)) == len(runs)
