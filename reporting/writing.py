@@ -99,6 +99,11 @@ def write_summary(exp: Experiment, out: str, facts: dict) -> None:
                   "Full config: [best_config.yaml](best_config.yaml) (`python -m hscmae.train --config "
                   "best_config.yaml`, or `python tune_main.py --config best_config.yaml`); the top configs: "
                   "[top_configs.yaml](top_configs.yaml).", ""]
+    conf = facts.get("confirmed")
+    if conf is not None and len(conf):
+        with open(os.path.join(out, "confirmed.md")) as f:
+            lines += ["## Confirmed over seeds", "", f.read(), "best_config.yaml holds the confirmed choice; the "
+                      "single-seed one is in best_config_single_seed.yaml.", ""]
     lines += ["## Tables", "",
               "- Every trial: [trials.parquet](trials.parquet); every (trial, epoch) report: "
               "[curves.parquet](curves.parquet).",
