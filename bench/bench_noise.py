@@ -13,7 +13,7 @@ and the clean validation split; test is only reported. Per data set and rate (sp
 - linear CCA on the raw features, ridge and dimension chosen on validation (deterministic: 1 run;
   fitted on the noisy train pairs, as every method's test-time CCA is);
 - DCCA-only and DCCAE (ours: reconstruction + DCCA), each tuned on validation at that rate exactly as
-  bench_quality.py does for BENCHMARKS section 6b (its REAL_GRID, lr x cca_dim at seed 0, scored with
+  bench_quality.py does for BENCHMARKS' real-data section (its REAL_GRID, lr x cca_dim at seed 0, scored with
   test-time CCA auto; the chosen point then runs seeds 1 and 2): bench_quality's own functions;
 - HSC-MAE with the shipped config/hsc_mae.yaml, and the components-search winner
   (best_components_search_digits.yaml, in config/ or bench/), 3 seeds each, test_cca auto;
@@ -434,7 +434,7 @@ def render(tables, info, command, header, b: Bench, fig_rel: str) -> str:
         "Every method trains on the noisy train pairs (linear CCA and every test-time CCA are fitted on them too) and "
         "chooses on clean validation; test is only reported.",
         "- methods: linear CCA (ridge x dim on val); DCCA-only and DCCAE (ours: recon + DCCA, mask 0, weights 1:1), "
-        "each tuned at every noise rate by bench_quality.py's own protocol for section 6b (lr "
+        "each tuned at every noise rate by bench_quality.py's own protocol for the real-data section (lr "
         + "/".join(f"{x:g}" for x in (QUICK_GRID if b.quick else REAL_GRID)["lr"]) + " x cca_dim "
         + "/".join(map(str, (QUICK_GRID if b.quick else REAL_GRID)["cca_dim"]))
         + " at seed 0, chosen on val with test-time CCA auto; that point then runs seeds 1, 2); the shipped "
