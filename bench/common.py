@@ -2,6 +2,7 @@
 
     machine_info() -> str                       # Markdown lines: CPU, cores, versions, date, load
     write_section(name, markdown, path=None)    # put <!-- name:start --> ... <!-- name:end --> at its place
+    reorder(path=None)                          # re-order / re-number the file to SECTIONS, text kept
     timeit(fn, repeat=5, warmup=1) -> float     # median wall seconds of fn() over `repeat` calls
 
 Import it as `from bench.common import ...` with the repository root on sys.path (every bench
