@@ -41,7 +41,10 @@ def imports_of(name: str, path: str, known: set[str]) -> set[str]:
                 mod = ".".join(base + ([node.module] if node.module else []))
             else:
                 mod = node.module
-            targets = [mod] + [f"{mod}.{a.name}" for a in node.names]  # `from pkg import module`
+            # `from pkg import module` depends on the module (and runs pkg/__init__ first, which is
+            # not an edge back); `from module import name` on the module
+            subs = [f"{mod}.{a.name}" for a in node.names if f"{mod}.{a.name}" in known]
+            targets = subs + ([mod] if len(subs) < len(node.names) else [])
         for t in targets:
             if t in known:
                 out.add(t)

@@ -16,8 +16,8 @@ H5_SUFFIXES = (".h5", ".hdf5")
 def export(source: str, dest: str, split_seed: int = 0, layout: str | None = None,
            val_fraction: float = 0.15) -> None:
     """Write a source's features as stored (before pooling and scaling), its labels and its splits."""
-    from hscmae.data import hdf5, load_data, open_source
-
+    from hscmae.data import hdf5
+    from hscmae.data.load import load_data, open_source
     from hscmae.io import writable_folder_error
 
     to_h5 = dest.lower().endswith(H5_SUFFIXES)
@@ -46,10 +46,10 @@ def export(source: str, dest: str, split_seed: int = 0, layout: str | None = Non
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    from hscmae.data import __doc__ as doc, load_data
+    from hscmae.data.load import load_data
     from hscmae.data.hdf5 import LAYOUTS
 
-    p = argparse.ArgumentParser(prog="python -m hscmae.data", description=doc,
+    p = argparse.ArgumentParser(prog="python -m hscmae.data", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
     e = sub.add_parser("export", help="write SOURCE as a folder of .npy files plus splits.npz, "

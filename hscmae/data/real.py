@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m hscmae.data.real", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default=DEFAULT_OUT, help="parent folder (default: data/ in the repository)")
     args = p.parse_args(argv)
-    from hscmae.data import load_data
+    from hscmae.data.load import load_data
 
     for name in BUILT:
         path = build(name, args.out)
