@@ -23,8 +23,8 @@ and the clean validation split; test is only reported. Per data set and rate (sp
 Each run is one JSON file under --out (default results/bench_noise/), written atomically when it
 ends: a rerun skips finished runs, so the script can be stopped and resumed, and --report-only
 renders whatever has finished (the missing cells are listed). Runs go in priority order, on the real
-sets: 50 % and 0 % (shipped config and baselines, then the search winner), 20 % and 80 % (shipped
-and baselines), the ablation, the winner at 20 % and 80 %; then synthetic:plain. One process, 1 torch thread + 1 BLAS thread.
+sets: 50 % (shipped config and baselines, then the search winner), 0 % (likewise), 20 % and 80 %
+(shipped and baselines), the ablation, the winner at 20 % and 80 %; then synthetic:plain. One process, 1 torch thread + 1 BLAS thread.
 """
 from __future__ import annotations
 
@@ -144,7 +144,8 @@ class Bench:
         rest = [r for r in order if r not in first]
         tasks: list[dict] = []
         main, winner = ("linear", "shipped", "dcca", "dccae"), ("winner",)
-        for rates, methods in ((first, main), (first, winner), (rest, main), (None, None), (rest, winner)):
+        steps = [([r], m) for r in first for m in (main, winner)] + [(rest, main), (None, None), (rest, winner)]
+        for rates, methods in steps:
             if rates is None:  # the ablation, after every real cell but the winner's 20 % / 80 %
                 if not self.args.no_ablation and real:
                     tasks += self.ablation_tasks(real[0], TARGET_RATE if TARGET_RATE in self.rates else self.rates[-1])
@@ -423,7 +424,7 @@ def render(tables, info, command, header, b: Bench, fig_rel: str) -> str:
     secs = [r["seconds"] for r in runs if r["method"] in ("shipped", "dcca", "dccae", "winner")]
     missing = tables["_missing"]
     lines = [
-        "## Robustness to weak pairing: the noisy-correspondence benchmark (`bench/bench_noise.py`)", "",
+        "## Noise robustness (weakly paired data): the noisy-correspondence benchmark (`bench/bench_noise.py`)", "",
         header,
         f"- command: `{command}`; {len(runs)} runs finished (one JSON each under {os.path.relpath(b.args.out, _REPO)}/; "
         f"a rerun skips them); median deep run {statistics.median(secs) if secs else float('nan'):.0f} s at 1 thread "
