@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from reporting.experiment import METRIC, Experiment
-from reporting.frames import _frame, _py
+from reporting.frames import _frame, _present, _py
 
 
 def ranked(exp: Experiment) -> tuple[pd.DataFrame, str]:
@@ -126,3 +126,71 @@ def param_importance(exp: Experiment, evaluator: str = "ped-anova") -> tuple[pd.
     rows = [{"param": k, "importance": float(v), "rank": i + 1, "evaluator": evaluator} for i, (k, v) in enumerate(items)]
     return _frame(rows, cols), how
 
+
+
+def warm_start(exp: Experiment) -> tuple[dict | None, pd.Series | None]:
+    """(the warm-start point tune_main recorded in study.json, the trial that ran it): the base
+    config's values of the searched parameters; (None, None) without one (--no-warm-start)."""
+    import json
+    import os
+
+    path = os.path.join(exp.path, "study.json")
+    if not os.path.exists(path):
+        return None, None
+    with open(path) as f:
+        point = json.load(f).get("warm_start") or None
+    if not point:
+        return None, None
+    t = exp.trials.sort_values("trial_index", kind="stable")
+    for _, r in t.iterrows():
+        if all(k in r.index and _present(r[k]) and r[k] == v for k, v in point.items()):
+            return point, r
+    return point, None
+
+
+def budget_notes(exp: Experiment, window: int = 10, top: int = 3) -> list[str]:
+    """What the search's budget may have hidden (issue 22): whether the best full-length trials were
+    still improving at their last epoch (val_map gained over the last `window` epochs), and the
+    winner against the base config (the warm-start trial) at the epoch that trial reached."""
+    order, _ = ranked(exp)
+    full = order[order["status"] == "terminated"].head(top)
+    if full.empty:
+        return []
+    c = exp.curves
+
+    def val_at(trial_id, epoch):
+        v = c[(c["trial_id"] == trial_id) & (c["epoch"] == epoch)]["val_map"]
+        return float(v.iloc[0]) if len(v) and _present(v.iloc[0]) else None
+
+    notes = []
+    gains = []
+    for _, r in full.iterrows():
+        last = int(c[c["trial_id"] == r["trial_id"]]["epoch"].max())
+        ref = max(1, last - window)
+        a, b = val_at(r["trial_id"], ref), val_at(r["trial_id"], last)
+        if a is not None and b is not None and ref < last:
+            gains.append((r["trial_id"], b - a, last - ref))
+    rising = [g for g in gains if g[1] > 0]
+    if rising:
+        notes.append("still improving at the last epoch: " + ", ".join(
+            f"trial {t} gained {d:+.4f} val_map over its last {n} epochs" for t, d, n in rising)
+            + f" (of the top {len(gains)} full-length trials): more epochs may pay; "
+              "`report.py --confirm K --epochs N` compares them at a longer length")
+    elif gains:
+        notes.append(f"the top {len(gains)} full-length trials had stopped improving: at most "
+                     f"{max(d for _, d, _ in gains):+.4f} val_map over their last {window} epochs")
+    point, base = warm_start(exp)
+    best = full.iloc[0]
+    if base is not None and base["trial_id"] != best["trial_id"]:
+        e = int(c[c["trial_id"] == base["trial_id"]]["epoch"].max())
+        wb, bb = val_at(best["trial_id"], e), val_at(base["trial_id"], e)
+        if wb is not None and bb is not None:
+            stopped = " (ASHA stopped it there)" if base["status"] == "stopped_early" else ""
+            notes.append(f"at epoch {e}, where the base config's trial {base['trial_id']} ended{stopped}, the winner "
+                         f"{best['trial_id']} had val_map {wb:.4f} against the base config's {bb:.4f} ({wb - bb:+.4f})")
+    own = exp.base.get("epochs")
+    if own and int(own) > exp.max_epochs:
+        notes.append(f"the base config trains {int(own)} epochs, the search {exp.max_epochs}: the winner is chosen "
+                     f"at {exp.max_epochs}; `report.py --confirm 5 {exp.path}` retrains the top configs and the base "
+                     f"config over seeds at {int(own)} epochs")
+    return notes

@@ -27,7 +27,7 @@ import yaml
 from hscmae.ablation import _mean_std
 from hscmae.config import ConfigError, config_from_dict
 from hscmae.io import atomic_write_json
-from reporting.analysis import ranked
+from reporting.analysis import ranked, warm_start
 from reporting.experiment import Experiment, ReportError, load_search_data
 from reporting.frames import _frame, _present, to_parquet_bytes
 from reporting.tables import _pm, _tex_escape, latex_table, markdown_table
@@ -53,12 +53,9 @@ def candidates(exp: Experiment, k: int) -> list[dict]:
            for i, (_, r) in enumerate(full.head(k).iterrows())]
     # the base config as the search ran it: the warm-start trial (study.json's point: the base
     # config's values, moved into the space where they fell outside), even when ASHA stopped it
-    warm = _warm_start(exp)
+    warm, r = warm_start(exp)
     if warm is None:
         return out
-    t = exp.trials
-    match = [r for _, r in t.iterrows() if all(_present(r.get(k)) and r[k] == v for k, v in warm.items())]
-    r = match[0] if match else None
     try:
         base = exp.full_config(r) if r is not None else trial_config(exp.base, exp.space.get("fixed", {}), warm).to_dict()
     except (ReportError, ConfigError) as e:
@@ -71,15 +68,6 @@ def candidates(exp: Experiment, k: int) -> list[dict]:
                     "search_val": float(r["val_map"]) if r is not None and _present(r["val_map"]) else None,
                     "config": base})
     return out
-
-
-def _warm_start(exp: Experiment) -> dict | None:
-    """The warm-start point tune_main recorded in study.json; None without one (--no-warm-start)."""
-    path = os.path.join(exp.path, "study.json")
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return json.load(f).get("warm_start") or None
 
 
 def plan(exp: Experiment, k: int, seeds: int, epochs: int | None) -> tuple[int, list[dict], list[dict]]:

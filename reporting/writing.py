@@ -6,7 +6,7 @@ import os
 import yaml
 
 from hscmae.io import atomic_write, atomic_write_text
-from reporting.analysis import _fmt, hparam_table, param_importance, ranked
+from reporting.analysis import _fmt, budget_notes, hparam_table, param_importance, ranked
 from reporting.experiment import STATUS_LABEL, Experiment
 from reporting.figures import _plt, fig_curves, fig_importance, fig_params, figure_bytes
 from reporting.frames import _present, _py, to_parquet_bytes
@@ -99,6 +99,9 @@ def write_summary(exp: Experiment, out: str, facts: dict) -> None:
                   "Full config: [best_config.yaml](best_config.yaml) (`python -m hscmae.train --config "
                   "best_config.yaml`, or `python tune_main.py --config best_config.yaml`); the top configs: "
                   "[top_configs.yaml](top_configs.yaml).", ""]
+    budget = budget_notes(exp)
+    if budget:  # what the search's budget may have hidden (issue 22)
+        lines += ["## Budget", "", *[f"- {n[0].upper()}{n[1:]}." for n in budget], ""]
     conf = facts.get("confirmed")
     if conf is not None and len(conf):
         with open(os.path.join(out, "confirmed.md")) as f:
