@@ -267,21 +267,21 @@ def _fmt(xs: list[float]) -> str:
     return f"{m:.3f}" if len(xs) == 1 else f"{m:.3f} ± {s:.3f} ({len(xs)})"
 
 
-def reported(runs: list[dict], s: str, rate: float, method: str, seeds=None) -> tuple[list[dict], dict | None]:
+def reported(runs: list[dict], s: str, rate: float, method: str, n_grid: int) -> tuple[list[dict], dict | None]:
     """The runs a table cell reports: linear CCA's one run; the shipped config's / winner's seeds;
     a deep baseline's validation-chosen point (search at the first seed, the same point at the
-    others). Returns (runs, chosen point)."""
+    others), once its whole search (n_grid points) has run. Returns (runs, chosen point)."""
     mine = [r for r in runs if r["data"] == s and r["rate"] == rate and r["method"] == method]
     if method not in ("dcca", "dccae"):
         return mine, None
     search = [r for r in mine if r.get("search")]
-    if not search:
+    if len(search) < n_grid:
         return [], None
     best = max(search, key=lambda r: (r["auto"]["val_map"], -r["point"]["lr"]))
     return [r for r in mine if r["point"] == best["point"] and (r.get("search") is None or r is best)], best["point"]
 
 
-def summarise(runs: list[dict], sources: list[str], rates, expected: dict) -> dict:
+def summarise(runs: list[dict], sources: list[str], rates, expected: dict, n_grid: int) -> dict:
     """Tables from the finished runs; `expected` counts the runs each (data, rate, method) cell
     should have, for the missing-cells list."""
     noise, leads, search_rows, ablation = [], [], [], []
@@ -291,7 +291,7 @@ def summarise(runs: list[dict], sources: list[str], rates, expected: dict) -> di
             row = {"data": short(s), "method": label, "hyperparameters (chosen on val)": ""}
             hyper = []
             for rate in RATES:
-                rs, point = reported(runs, s, rate, m)
+                rs, point = reported(runs, s, rate, m, n_grid)
                 xs = [r["auto"]["test_map"] for r in rs]
                 cells[(s, rate, m)] = xs
                 row[f"test mAP @ {int(100 * rate)}%"] = _fmt(xs) if rate in rates else "not run"
@@ -324,7 +324,7 @@ def summarise(runs: list[dict], sources: list[str], rates, expected: dict) -> di
             for m in ("dcca", "dccae"):
                 rs = sorted((r for r in runs if r["data"] == s and r["rate"] == rate and r["method"] == m
                              and r.get("search")), key=lambda r: (r["point"]["lr"], r["point"]["cca_dim"]))
-                _, point = reported(runs, s, rate, m)
+                _, point = reported(runs, s, rate, m, n_grid)
                 for r in rs:
                     search_rows.append({"data": short(s), "noise": _pct(rate), "baseline": METHODS[m],
                                         "lr": r["point"]["lr"], "cca_dim": r["point"]["cca_dim"],
@@ -349,10 +349,16 @@ def summarise(runs: list[dict], sources: list[str], rates, expected: dict) -> di
                          "test mAP": m["test_map"] if m else float("nan"),
                          "test mAP vs full": f"{m['test_map'] - ref:+.3f}" if m and full else ""})
     missing = []
-    for (s, rate, m), n in expected.items():
-        got = len(cells.get((s, rate, m), []))
-        if got < n:
-            missing.append(f"{short(s)} {_pct(rate)} {METHODS[m]} ({got}/{n} runs)")
+    for s in sources:
+        for rate in rates:
+            short_of = [(m, len(cells.get((s, rate, m), [])), n) for (s_, r_, m), n in expected.items()
+                        if (s_, r_) == (s, rate) and len(cells.get((s, rate, m), [])) < n]
+            if short_of and all(got == 0 for _, got, _ in short_of) and len(short_of) == len(
+                    [k for k in expected if k[:2] == (s, rate)]):
+                missing.append(f"{short(s)} {_pct(rate)}: every method")
+            elif short_of:
+                missing.append(f"{short(s)} {_pct(rate)}: " + ", ".join(f"{METHODS[m]} {got}/{n} seeds"
+                                                                      for m, got, n in short_of))
     return {"noise": noise, "leads": leads, "baseline_search": search_rows, "ablation": ablation,
             "_cells": cells, "_missing": missing}
 
@@ -507,7 +513,7 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict]]:
             if limiter is not None:
                 limiter.unregister()
     runs = [r for r in runs if r["data"] in b.sources and r["rate"] in b.rates]
-    tables = summarise(runs, b.sources, b.rates, expected_runs(b))
+    tables = summarise(runs, b.sources, b.rates, expected_runs(b), len(b.grid))
     figure(tables, [s for s in b.sources if any(r["data"] == s for r in runs)] or b.sources, b.rates, fig_path)
     info = {"runs": runs, "wall_s": time.time() - t0}
     fig_rel = os.path.relpath(fig_path, _REPO) if fig_path == FIGURE else fig_path
