@@ -252,3 +252,29 @@ def test_bench_noise_quick_trains_on_shuffled_train_pairs_and_tunes_on_val(tmp_p
     # a rerun reads every run back instead of training again
     again = bench.main(["--quick", "--no-write", "--out", out])
     assert again["noise"] == tables["noise"] and len(bench.read_runs(out)) == len(runs)
+
+
+def test_a_resume_on_another_noise_rate_is_refused(tmp_path, capsys):
+    """tune_main's fingerprint check: an experiment made on the clean pairs, resumed with
+    --set pair_noise=0.5, is one error line saying the data differ (before Ray starts)."""
+    import json
+
+    import ray
+
+    sys.path.insert(0, ROOT)
+    import tune_main
+
+    clean_fp = load_data_for(config_from_dict({"data": SRC})).fingerprint()
+    exp = tmp_path / "e"
+    exp.mkdir()
+    (exp / "tuner.pkl").write_bytes(b"")  # what Tune's can_restore looks for
+    (exp / "space.json").write_text(json.dumps({"name": "smoke", "num_samples": 6}))
+    (exp / "data.json").write_text(json.dumps({"fingerprint": clean_fp}))
+    rc = tune_main.main(["--space", "smoke", "--storage", str(tmp_path), "--name", "e", "--resume",
+                         "--set", "pair_noise=0.5"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "was run on different data" in err[0], (rc, err)
+    assert not ray.is_initialized()
+    # control: without the rate, the search's data is the experiment's (the refusal is the rate's)
+    run = tune_main.prepare(tune_main.parse_args(["--space", "smoke", "--storage", str(tmp_path), "--name", "e"]))
+    assert run["data"].fingerprint() == clean_fp
