@@ -132,3 +132,67 @@ def test_list_spaces(capsys):
 # The two-node cluster (trials placed on both nodes through --address, then one node lost) is
 # tests/reliability/test_faults_search.py::test_worker_node_lost_mid_search_finishes_on_the_head:
 # one cluster for both checks, stopped by pid rather than `ray stop` (which stops every Ray here).
+
+
+class _Built(Exception):
+    pass
+
+
+def _captured_trainable(monkeypatch) -> dict:
+    """harness.tuner.make_trainable replaced by a recorder that stops build_tuner there (before
+    with_parameters would start Ray)."""
+    import harness.tuner
+
+    seen = {}
+
+    def record(data, base, fixed, **kw):
+        seen.update(kw)
+        raise _Built
+
+    monkeypatch.setattr(harness.tuner, "make_trainable", record)
+    return seen
+
+
+@pytest.mark.parametrize("max_epochs,grace,rf", [(15, 3, 3), (60, 10, 3), (9, 1, 3), (6, 2, 2), (6, 6, 3)])
+def test_build_tuner_chooses_the_test_time_cca_at_the_epochs_asha_cuts(monkeypatch, max_epochs, grace, rf):
+    """fit's choice epochs (grid_epochs) are exactly the rungs of Ray's own ASHA bracket below
+    max_t (the last epoch is always a choice epoch)."""
+    from ray.tune.schedulers import ASHAScheduler
+
+    from harness.tuner import build_tuner
+
+    seen = _captured_trainable(monkeypatch)
+    with pytest.raises(_Built):
+        build_tuner("/tmp/x/e", data=None, base={}, fixed={}, max_epochs=max_epochs, grace_period=grace,
+                    reduction_factor=rf, checkpoint_every=1)
+    bracket = ASHAScheduler(time_attr="epoch", max_t=max_epochs, grace_period=grace,
+                            reduction_factor=rf)._brackets[0]
+    assert sorted(seen["grid_epochs"]) == sorted(m for m, _ in bracket._rungs if m < max_epochs)
+
+
+def test_bench_search_builds_its_tuner_with_the_harness(monkeypatch):
+    """bench_search's searches are the harness's Tuner: its ASHA rungs (grace scaled to 15 epochs:
+    3, rf 3) are where fit chooses, for the ASHA and the no-scheduler searches alike."""
+    import dataclasses
+    import types
+
+    import harness.tuner
+    from bench import bench_search
+    from search_spaces import get_space
+
+    calls = []
+    build = harness.tuner.build_tuner
+
+    def spy(exp, **kw):
+        calls.append(kw)
+        return build(exp, **kw)
+
+    seen = _captured_trainable(monkeypatch)
+    monkeypatch.setattr(harness.tuner, "build_tuner", spy)
+    space = dataclasses.replace(get_space("default"), fixed={"epochs": 15})
+    prep = {"space": space, "probe": types.SimpleNamespace(epochs=15), "data": None, "base": {}}
+    for method in ("Optuna + ASHA", "random, no scheduler"):
+        with pytest.raises(_Built):
+            bench_search.one_search(prep, method, 0, 45, "/tmp/x")
+        assert sorted(seen["grid_epochs"]) == [3, 9], seen
+    assert [c["asha"] for c in calls] == [True, False]
