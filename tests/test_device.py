@@ -2,8 +2,6 @@
 a checkpoint whose tensors were written on CUDA resumes here, runtime-only keys do not block a
 resume, the per-epoch stats summed on the device equal Python float sums, and a NaN is still
 caught at the step it appears. The same checks on a real GPU are tests/test_cuda.py."""
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -32,13 +30,13 @@ def test_auto_is_the_cpu_and_cuda_is_refused_naming_the_key():
 
 
 @no_cuda
-def test_train_command_with_device_cuda_is_one_error_line(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "hscmae.train", "--data", "synthetic:tiny", "--out", str(tmp_path),
-                        "--set", "device=cuda"], capture_output=True, text=True, timeout=120)
-    assert r.returncode == 2
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "'device'" in lines[0], r.stderr
-    assert "epoch" not in r.stdout and not (tmp_path / "checkpoint.pt").exists()
+def test_train_command_with_device_cuda_is_one_error_line(tmp_path, capsys):
+    """(The command's main() in this process; tests/test_train.py runs the command itself.)"""
+    assert T.main(["--data", "synthetic:tiny", "--out", str(tmp_path), "--set", "device=cuda"]) == 2
+    out = capsys.readouterr()
+    lines = out.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "'device'" in lines[0], out.err
+    assert "epoch" not in out.out and not (tmp_path / "checkpoint.pt").exists()
 
 
 def _stop_after(epoch, path, seen=None):
