@@ -13,16 +13,12 @@ from sklearn.metrics import average_precision_score
 from hscmae import train as T
 from hscmae.cca import CCA_DIMS, CCA_REGS
 from hscmae.config import config_from_dict
-from hscmae.data import load_data
+
+from conftest import map_by_hand
 
 D = 32  # fixture embedding width; the old per-epoch CCA used dim min(embed_dim, 64) = 32
 TINY = dict(data="synthetic:tiny", hidden_dim=32, embed_dim=D, cca_dim=4, top_k=3, batch_size=64,
             epochs=4, threads=1, test_cca="auto")
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    return load_data("synthetic:tiny")
 
 
 def _embeddings(data, kind: str):
@@ -75,9 +71,9 @@ def _reference(data, za, zv, regs, dims):
     za, zv = za.astype(np.float64), zv.astype(np.float64)
     tr, val, proj = data.splits["train"], {}, {}
 
-    def score(pa, pv, split):
+    def score(pa, pv, split, by=map_by_hand):
         idx = data.splits[split]
-        return _sklearn_map(pa[idx], pv[idx], data.labels[idx])
+        return by(pa[idx], pv[idx], data.labels[idx])
 
     proj[(0.0, 0)] = za, zv
     for reg in regs:
@@ -86,7 +82,11 @@ def _reference(data, za, zv, regs, dims):
             proj[(reg, dim)] = fx(za), fy(zv)
     val = {p: score(*proj[p], "val") for p in proj}
     best = max(val, key=val.get)
-    return val, best, score(*proj[best], "test")
+    test = score(*proj[best], "test")
+    # the numpy reference against scikit-learn at the chosen point
+    assert (val[best], test) == pytest.approx((score(*proj[best], "val", _sklearn_map),
+                                               score(*proj[best], "test", _sklearn_map)), abs=1e-9)
+    return val, best, test
 
 
 def _fit_reporting(tiny, embeddings, grid_epochs, monkeypatch, resume_from=None, on_epoch=None):
@@ -212,3 +212,55 @@ def test_a_schedules_extra_scores_come_from_the_epochs_embeddings(tiny):
           schedule=EvalSchedule(extra=extra))
     assert sorted(got) == [1, 2] and got[1] == ((len(tiny), D), (len(tiny), D))
     assert [m["extra_n"] for m in seen] == [float(len(tiny))] * 2
+
+
+def _count_fits(monkeypatch):
+    import hscmae.protocol as P
+
+    fits, fit = [], P.fit_linear_cca
+
+    def counting(*a, **k):
+        fits.append(a[2] if len(a) > 2 else k.get("dim"))
+        return fit(*a, **k)
+    monkeypatch.setattr(P, "fit_linear_cca", counting)
+    return fits
+
+
+def test_held_raw_epochs_fit_no_cca_and_an_early_stop_reuses_the_last_epochs_scores(tiny, monkeypatch):
+    """Work no one reads is not done: a held raw choice scores without any CCA fit; a run stopped
+    right after a scored epoch ends with that epoch's choice and val scores plus the test scores of
+    the same projection (no second grid: no fit at all after the stop)."""
+    from hscmae.protocol import EvalSchedule, held_scores
+
+    za, zv = _embeddings(tiny, "spread")
+    cfg = config_from_dict(TINY)
+    fits = _count_fits(monkeypatch)
+    raw = held_scores(za, zv, tiny, cfg, (0.0, 0))
+    va = tiny.splits["val"]
+    assert fits == [] and raw["test_cca_dim"] == 0
+    assert raw["val_map"] == pytest.approx(_sklearn_map(za[va], zv[va], tiny.labels[va]), abs=1e-6)
+
+    seen, fits_at_stop, emb = [], [], {}
+
+    def stop_at_2(m, save):
+        seen.append(m)
+        if m["epoch"] == 2:
+            fits_at_stop.append(len(fits))
+            return True
+
+    def keep(epoch, a, v):
+        emb[epoch] = (a, v)
+        return {}
+    final = T.fit(cfg, tiny, on_epoch=stop_at_2, log=None, schedule=EvalSchedule(extra=keep))
+    assert len(fits) == fits_at_stop[0], "the final evaluation after a stop fits no CCA again"
+    last = seen[-1]
+    assert "test_map" in final and "test_map" not in last
+    for key in ("val_map", "val_map_a2v", "val_map_v2a", "test_cca_reg", "test_cca_dim"):
+        assert final[key] == last[key], key
+    # its test score is the kept choice's on that epoch's embeddings, by hand (scipy CCA, sklearn)
+    a, v = (x.astype(np.float64) for x in emb[2])
+    reg, dim, tr, te = last["test_cca_reg"], int(last["test_cca_dim"]), tiny.splits["train"], tiny.splits["test"]
+    if dim:
+        fx, fy = _scipy_cca(a[tr], v[tr], reg, dim)
+        a, v = fx(a), fy(v)
+    assert final["test_map"] == pytest.approx(_sklearn_map(a[te], v[te], tiny.labels[te]), abs=1e-5)  # float32 ties

@@ -9,17 +9,12 @@ import sys
 import pytest
 import torch
 
+from hscmae import checkpoint as C
 from hscmae import train as T
 from hscmae.config import config_from_dict
-from hscmae.data import load_data
 
 TINY = dict(data="synthetic:tiny", hidden_dim=32, embed_dim=16, cca_dim=4, top_k=3, batch_size=64,
             epochs=4, threads=1, test_cca="auto")
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    return load_data("synthetic:tiny")
 
 
 def test_fit_reports_every_epoch_and_returns_test_metrics(tiny):
@@ -100,19 +95,19 @@ class _Boom:
 def test_malicious_and_corrupt_checkpoints_are_refused(tmp_path):
     bad = tmp_path / "evil.pt"
     torch.save({"model": _Boom()}, bad, pickle_module=pickle)
-    with pytest.raises(T.CheckpointError, match="evil.pt: not a loadable"):
-        T.load_checkpoint(str(bad))
+    with pytest.raises(C.CheckpointError, match="evil.pt: not a loadable"):
+        C.load_checkpoint(str(bad))
     assert not os.path.exists("/tmp/hscmae_pwned")
     trunc = tmp_path / "trunc.pt"
-    T.save_checkpoint(str(trunc), {"x": torch.zeros(1000)})
+    C.save_checkpoint(str(trunc), {"x": torch.zeros(1000)})
     trunc.write_bytes(trunc.read_bytes()[:200])
-    with pytest.raises(T.CheckpointError, match="trunc.pt"):
-        T.load_checkpoint(str(trunc))
-    with pytest.raises(T.CheckpointError, match="lacks"):
-        T.save_checkpoint(str(trunc), {"x": 1}) or T.load_checkpoint(str(trunc))
+    with pytest.raises(C.CheckpointError, match="trunc.pt"):
+        C.load_checkpoint(str(trunc))
+    with pytest.raises(C.CheckpointError, match="lacks"):
+        C.save_checkpoint(str(trunc), {"x": 1}) or C.load_checkpoint(str(trunc))
 
 
-def test_train_and_eval_commands(tmp_path):
+def test_train_and_eval_commands(tmp_path, capsys):
     out = tmp_path / "run"
     sets = [f"{k}={v}" for k, v in TINY.items() if k != "data"]
     r = subprocess.run([sys.executable, "-m", "hscmae.train", "--config", "config/hsc_mae.yaml",
@@ -128,6 +123,6 @@ def test_train_and_eval_commands(tmp_path):
     assert r.returncode == 0, r.stderr
     e = json.loads((out / "metrics_eval.json").read_text())
     assert e["test_map"] == pytest.approx(m["test_map"], abs=1e-6)
-    r = subprocess.run([sys.executable, "-m", "hscmae.train", "--set", "top_k=0", "--out", str(out)],
-                       capture_output=True, text=True, timeout=300)
-    assert r.returncode == 2 and "'top_k'" in r.stderr and "Traceback" not in r.stderr
+    assert T.main(["--set", "top_k=0", "--out", str(out)]) == 2  # (in this process: no third start-up)
+    err = capsys.readouterr().err
+    assert "'top_k'" in err and "Traceback" not in err
