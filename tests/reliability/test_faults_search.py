@@ -11,6 +11,10 @@
   those trials, none twice, none RUNNING;
 - a worker node of a two-node cluster lost mid-search: the search finishes on the head node.
 
+No test waits for a moment in time: each fault is injected while the search's trials are held at a
+known epoch by harness/trainable.py's test-only HSCMAE_TEST_HOLD hook (conftest.Hold), a state that
+stays put until the test releases it.
+
 Every process a test starts is found by session id / GCS port and killed by pid (_procs.py);
 nothing here runs `ray stop`, which would stop every Ray on the machine. Each search gets a private
 RAY_TMPDIR, so no test sees (or leaves behind) a /tmp/ray/ray_current_cluster of another.
@@ -32,8 +36,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _procs as P  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-ENV = {**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "1", "RAY_AUTH_MODE": "token", "PYTHONUNBUFFERED": "1"}
+from conftest import ROOT, SEARCH_ENV as ENV, Hold  # noqa: E402
 pytestmark = pytest.mark.slow
 
 
@@ -73,14 +76,6 @@ def progress(exp) -> dict[str, int]:
         idx = [int(os.path.basename(c).split("_")[1]) for c in glob.glob(os.path.join(d, "checkpoint_*"))]
         out[t] = max(idx) + 1 if idx else 0
     return out
-
-
-@pytest.fixture
-def ray_tmpdir():
-    """A private, short (unix socket paths are limited to 107 bytes) Ray temp dir."""
-    d = tempfile.mkdtemp(prefix="rl-", dir="/tmp")
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
 
 
 def start(cmd, log_path, env=ENV):
@@ -148,6 +143,7 @@ except Exception:
     pass
 '''
 EPOCHS = 8
+HOLD_AT = 3  # mid-run: past two checkpoints, short of the end
 
 
 @pytest.fixture(scope="module")
@@ -165,6 +161,8 @@ def faulty_search(tmp_path_factory):
     env.update(RAY_TMPDIR=ray_tmp,
                PYTHONPATH=os.pathsep.join([str(hook), ROOT, os.environ.get("PYTHONPATH", "")]))
     exp, log = tmp / "f", tmp / "f.log"
+    hold = Hold(tmp / "hold", HOLD_AT)  # every healthy trial stops after epoch 3 until released
+    env.update(hold.env())
     cmd = tune_cmd(tmp, "f", "--num-samples", "4", "--max-concurrent", "2", "--max-epochs", str(EPOCHS),
                    "--grace-period", str(EPOCHS), "--checkpoint-every", "1", "--max-failures", "1",
                    space="smoke-nan")
@@ -173,19 +171,20 @@ def faulty_search(tmp_path_factory):
         wait_for(lambda: any("gcs_server" in P.cmdline(q) for q in P.in_session(p.pid)), p, 60,
                  "the driver to start its own Ray head (a stale ray_current_cluster was there)")
 
-        def healthy_mid_trial():
+        def healthy_held_mid_trial():  # its epoch-3 result and checkpoint with the driver
             actors = P.trial_actors(p.pid)
-            prog = progress(exp)
-            for pid, trial in actors.items():
-                if 2 <= prog.get(trial, 0) <= EPOCHS - 3:
-                    return pid, trial
-        pid, killed = wait_for(healthy_mid_trial, p, 180, "a healthy trial in mid-run")
+            for trial, m in hold.held().items():
+                if actors.get(m["pid"]) == trial and epochs(exp).get(trial, [])[-1:] == [HOLD_AT] \
+                        and progress(exp).get(trial) == HOLD_AT:
+                    return m["pid"], trial
+        pid, killed = wait_for(healthy_held_mid_trial, p, 180, f"a healthy trial held after epoch {HOLD_AT}")
         listening = P.listening_ports(set(P.in_session(p.pid)))
         cmdlines = {q: P.cmdline(q) for q in P.in_session(p.pid)}
         before = epochs(exp).get(killed, [])
         prog_before = progress(exp)[killed]
         os.kill(pid, signal.SIGKILL)
         t_kill = time.time()
+        hold.release()  # the other trials go on (and the killed one, retried, passes epoch 3)
         rc, out = finish(p, log)
         print(f"[measured] search finished {time.time() - t_kill:.0f}s after the actor kill")
     finally:
@@ -337,14 +336,17 @@ def test_driver_killed_twice_and_a_corrupt_checkpoint_then_resume(tmp_path, ray_
     cmd = tune_cmd(tmp_path, "k", "--num-samples", str(n), "--max-epochs", str(max_ep), "--grace-period",
                    str(max_ep), "--checkpoint-every", "1")
     env = {**ENV, "RAY_TMPDIR": ray_tmpdir}
+    hold = Hold(tmp_path / "hold", 3)
     p, t_kill = None, {}
     try:
-        # 1. SIGKILL during the first trials: one past a checkpoint and short of the end, none finished
-        p = start(cmd, tmp_path / "1.log", env)
+        # 1. SIGKILL during the first trials: held after epoch 3 (past a checkpoint and short of
+        # the end; the driver has its result), none finished
+        p = start(cmd, tmp_path / "1.log", {**env, **hold.env()})
         # (reported epochs, not checkpoints: result.json lags the checkpoints a trial writes)
-        wait_for(lambda: any(e and 2 <= e[-1] <= max_ep - 3 for e in epochs(exp).values())
-                 and max(progress(exp).values()) < max_ep, p, 180, "a first trial in mid-run", poll=0.02)
+        wait_for(lambda: any(epochs(exp).get(t, [])[-1:] == [3] for t in hold.held()), p, 180,
+                 "a first trial held after epoch 3")
         kill_driver(p)
+        assert max(progress(exp).values()) <= 3
         before1 = result_texts(exp)
         eps1 = epochs(exp)
         # corrupt every checkpoint of one unfinished trial: whichever Tune restores is bad
@@ -460,9 +462,11 @@ def test_worker_node_lost_mid_search_finishes_on_the_head(tmp_path, ray_tmpdir):
     ray = os.path.join(os.path.dirname(sys.executable), "ray")
     # the GCS declares a silent node dead after ~2 s instead of ~30 s; `ray start` records its
     # address in the private RAY_TMPDIR, not in the machine's /tmp/ray
+    # every trial stops after epoch 3 until released (its env goes to the nodes: trials inherit theirs)
+    hold = Hold(tmp_path / "hold", 3)
     env = {**ENV, "RAY_TMPDIR": ray_tmpdir, "RAY_health_check_period_ms": "1000",
            "RAY_health_check_timeout_ms": "1000", "RAY_health_check_failure_threshold": "2",
-           "RAY_health_check_initial_delay_ms": "0"}
+           "RAY_health_check_initial_delay_ms": "0", **hold.env()}
     common = ["--num-cpus", "1", "--disable-usage-stats"]
     exp, max_ep, p = str(tmp_path / "n"), 10, None
     try:
@@ -482,12 +486,12 @@ def test_worker_node_lost_mid_search_finishes_on_the_head(tmp_path, ray_tmpdir):
                            str(max_ep), "--checkpoint-every", "1", "--address", f"127.0.0.1:{port}"),
                   tmp_path / "n.log", env)
 
-        def on_worker_mid_run():
-            prog = progress(exp)
-            for t, rs in results(exp).items():
-                if rs and rs[0]["node_id"] == worker and 2 <= prog[t] <= max_ep - 3:
+        def held_on_worker():  # mid-run: its epoch-3 result and checkpoint with the driver
+            res, prog = results(exp), progress(exp)
+            for t in hold.held():
+                if res.get(t) and res[t][0]["node_id"] == worker and res[t][-1]["epoch"] == 3 and prog[t] == 3:
                     return t
-        victim = wait_for(on_worker_mid_run, p, 180, "a trial in mid-run on the worker node")
+        victim = wait_for(held_on_worker, p, 180, "a trial held after epoch 3 on the worker node")
         before = epochs(exp)[victim]
         # the node goes away: its raylet, everything under it, and its log monitor
         sock = next(a.split("=", 1)[1] for a in P.cmdline(worker_raylet).split()
@@ -495,6 +499,7 @@ def test_worker_node_lost_mid_search_finishes_on_the_head(tmp_path, ray_tmpdir):
         node = P.descendants({worker_raylet}) | {q for q in P.pids() if f"{sock} " in P.cmdline(q) + " "}
         for q in node:
             os.kill(q, signal.SIGKILL)
+        hold.release()
         rc, out = finish(p, tmp_path / "n.log")
     finally:
         cleanup(p)
