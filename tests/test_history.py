@@ -11,10 +11,36 @@ import pytest
 
 from hscmae.history import append_history, read_history, truncate_history
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import ROOT  # noqa: E402
 EPOCHS = 16
 SETS = ["hidden_dim=32", "embed_dim=16", "cca_dim=4", "top_k=3", "batch_size=64", f"epochs={EPOCHS}",
         "threads=1", "test_cca=auto"]
+
+
+HOLD = """
+# Test hook, loaded through PYTHONPATH by the test's `python -m hscmae.train`: once epoch N's history
+# line is written (before its checkpoint), touch MARKER and wait to be killed. So the SIGKILL lands
+# at a known point -- the line in, the checkpoint still the previous epoch's -- not at a moment the
+# test would have to catch.
+import os
+
+if os.environ.get("HSCMAE_TEST_HISTORY_HOLD"):
+    import time
+
+    import hscmae.history as H
+
+    _append = H.append_history
+
+    def append_history(path, metrics):
+        _append(path, metrics)
+        n, marker = os.environ["HSCMAE_TEST_HISTORY_HOLD"].split(":", 1)
+        if metrics["epoch"] == int(n):
+            open(marker, "w").close()
+            while True:
+                time.sleep(0.5)
+
+    H.append_history = append_history
+"""
 
 
 def _train(out, *extra, **kw):
@@ -41,15 +67,23 @@ def test_history_after_sigkill_and_resume_has_every_epoch_once(tmp_path):
     assert [h["epoch"] for h in expected] == list(range(1, EPOCHS + 1))
     assert (tmp_path / "ref" / "fig_training.png").stat().st_size > 10_000
 
-    run = tmp_path / "run"
-    p = _train(run)
+    run, hook, marker = tmp_path / "run", tmp_path / "hook", tmp_path / "held"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(HOLD)
+    env = {**os.environ, "HSCMAE_TEST_HISTORY_HOLD": f"5:{marker}",
+           "PYTHONPATH": os.pathsep.join([str(hook), ROOT, os.environ.get("PYTHONPATH", "")])}
+    p = _train(run, env=env)
     deadline = time.time() + 300
-    while len(_lines(run / "history.jsonl")) < 5 and time.time() < deadline and p.poll() is None:
+    while not marker.exists():  # a state: the run waits there until killed
+        assert time.time() < deadline and p.poll() is None, p.stderr.read() if p.poll() is not None else "timeout"
         time.sleep(0.05)
-    p.send_signal(signal.SIGKILL)  # mid-run: between, or inside, an epoch's history line and checkpoint
+    p.send_signal(signal.SIGKILL)  # mid-run: epoch 5's history line written, its checkpoint not
     p.wait(timeout=60)
     before = _lines(run / "history.jsonl")
-    assert 5 <= len(before) < EPOCHS, "the kill must land mid-run"
+    assert [h["epoch"] for h in before] == [1, 2, 3, 4, 5]
+    import torch
+
+    assert torch.load(run / "checkpoint.pt", weights_only=True)["epoch"] == 4  # so epoch 5 is trained again
     with open(run / "history.jsonl", "ab") as f:  # as if killed mid-write of the next line
         f.write(b'{"epoch": 99, "loss": 1.2')
 
