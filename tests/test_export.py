@@ -32,9 +32,22 @@ def run(tmp_path_factory):
 
 
 def _eval(run, *extra):
+    """`python -m hscmae.eval` on the run, as a command."""
     return subprocess.run([sys.executable, "-m", "hscmae.eval", "--config", str(run / "config.yaml"),
                            "--checkpoint", str(run / "checkpoint.pt"), "--out", str(run), *extra],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+def _eval_here(run, capsys, *extra):
+    """The same, hscmae.eval.main in this process (no interpreter and torch start-up per call):
+    (exit code, stdout, stderr) as a CompletedProcess."""
+    from hscmae.eval import main
+
+    capsys.readouterr()
+    code = main(["--config", str(run / "config.yaml"), "--checkpoint", str(run / "checkpoint.pt"),
+                 "--out", str(run), *extra])
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess([], code, out.out, out.err)
 
 
 def _sk_map(q, g, labels):
@@ -78,9 +91,9 @@ def test_npz_export_is_plain_arrays_and_matches_the_protocol(run, tmp_path):
     np.testing.assert_allclose(z["visual_cca"], ref_v * sign, atol=2e-3 * np.abs(ref_v).max())
 
 
-def test_parquet_export_holds_the_same_rows(run, tmp_path):
-    assert _eval(run, "--export", str(tmp_path / "npz")).returncode == 0
-    r = _eval(run, "--export", str(tmp_path / "pq"), "--format", "parquet")
+def test_parquet_export_holds_the_same_rows(run, tmp_path, capsys):
+    assert _eval_here(run, capsys, "--export", str(tmp_path / "npz")).returncode == 0
+    r = _eval_here(run, capsys, "--export", str(tmp_path / "pq"), "--format", "parquet")
     assert r.returncode == 0, r.stderr
     z = np.load(tmp_path / "npz" / "embeddings.npz", allow_pickle=False)
     for split in ("train", "val", "test"):
@@ -97,12 +110,13 @@ def _one_error(r):
     return lines[0]
 
 
-def test_bad_input_is_one_error_line(run, tmp_path):
-    msg = _one_error(_eval(run, "--export", str(tmp_path / "e"), "--set", "hidden_dim=48"))
+def test_bad_input_is_one_error_line(run, tmp_path, capsys):
+    """(main() in this process: the command itself runs in the npz test.)"""
+    msg = _one_error(_eval_here(run, capsys, "--export", str(tmp_path / "e"), "--set", "hidden_dim=48"))
     assert "checkpoint.pt" in msg and "hidden_dim" in msg
     blocker = tmp_path / "a_file"
     blocker.write_text("x")
-    msg = _one_error(_eval(run, "--export", str(blocker / "sub")))
+    msg = _one_error(_eval_here(run, capsys, "--export", str(blocker / "sub")))
     assert "not writable" in msg and "a_file" in msg
     # a data set of one class: retrieval would score AP 1 everywhere
     rng = np.random.default_rng(0)
@@ -111,7 +125,7 @@ def test_bad_input_is_one_error_line(run, tmp_path):
     np.save(one / "audio_features.npy", rng.normal(size=(200, 32)).astype(np.float32))
     np.save(one / "visual_features.npy", rng.normal(size=(200, 64)).astype(np.float32))
     np.save(one / "labels.npy", np.zeros(200, dtype=np.int64))
-    msg = _one_error(_eval(run, "--export", str(tmp_path / "e1"), "--data", str(one)))
+    msg = _one_error(_eval_here(run, capsys, "--export", str(tmp_path / "e1"), "--data", str(one)))
     assert "1 class" in msg
 
 
