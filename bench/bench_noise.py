@@ -40,8 +40,8 @@ _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _REPO not in sys.path:
     sys.path.insert(0, _REPO)
 
-from bench.bench_quality import (CONFIG, QUICK_GRID, REAL_GRID, _cfg_dict, _fit_both_scorings, _grid,  # noqa: E402
-                                 _mean_std, short)
+from bench.bench_quality import (CONFIG, QUICK_GRID, REAL_GRID, _beyond_noise, _cfg_dict,  # noqa: E402
+                                 _fit_both_scorings, _grid, _mean_std, short)
 from bench.common import command_line, machine_info, md_table, one_thread, parser, publish, torch_threads_kept  # noqa: E402
 from hscmae.ablation import ablation_runs, train_one  # noqa: E402
 from hscmae.baselines import dcca_config, linear_cca_baseline  # noqa: E402
@@ -63,7 +63,7 @@ DEFAULT_OUT = os.path.join(_REPO, "results", "bench_noise")  # gitignored
 FIGURE = os.path.join(_REPO, "docs", "fig_noise.png")
 NOISE_COLUMNS = ["data", "method", "hyperparameters (chosen on val)"] + [f"test mAP @ {int(100 * r)}%" for r in RATES]
 LEAD_COLUMNS = ["data", "noise", "train pairs shuffled (same class)", "shipped test mAP", "best baseline",
-                "best baseline test mAP", "shipped lead", "winner lead"]
+                "best baseline test mAP", "shipped lead", "lead > 2 sd", "winner lead"]
 SEARCH_COLUMNS = ["data", "noise", "baseline", "lr", "cca_dim", "val mAP", "chosen"]
 ABLATION_COLUMNS = ["data", "noise", "component switched off", "change", "val mAP", "test mAP", "test mAP vs full"]
 TABLES = {"noise": NOISE_COLUMNS, "leads": LEAD_COLUMNS, "baseline_search": SEARCH_COLUMNS,
@@ -310,15 +310,20 @@ def summarise(runs: list[dict], sources: list[str], rates, expected: dict, n_gri
                          and r.get("pair_noise_meta") is not None), None)
             shuffled = (f"{meta['shuffled']} of {meta['n_train']} ({meta['shuffled_same_class']})" if meta else
                         "0" if rate == 0 else "")
-            if not sh or not base:
-                continue
+            def complete(m):
+                return len(cells.get((s, rate, m), [])) >= expected.get((s, rate, m), 1)
+
+            if not complete("shipped") or not all(complete(m) for m in BASELINES if (s, rate, m) in expected) \
+                    or not base:
+                continue  # a lead over a baseline whose seeds are not all in is no lead
             best = max(base, key=lambda m: _mean_std(base[m])[0])
-            bm = _mean_std(base[best])[0]
-            wi = cells.get((s, rate, "winner"), [])
+            bm, bsd = _mean_std(base[best])
+            wi = cells.get((s, rate, "winner"), []) if complete("winner") else []
             leads.append({"data": short(s), "noise": _pct(rate), "train pairs shuffled (same class)": shuffled,
                           "shipped test mAP": _fmt(sh), "best baseline": METHODS[best],
                           "best baseline test mAP": _fmt(base[best]),
                           "shipped lead": f"{_mean_std(sh)[0] - bm:+.3f}",
+                          "lead > 2 sd": _beyond_noise(_mean_std(sh)[0] - bm, _mean_std(sh)[1], bsd, len(sh), len(base[best])),
                           "winner lead": f"{_mean_std(wi)[0] - bm:+.3f}" if wi else "–",
                           "_lead": _mean_std(sh)[0] - bm, "_rate": rate, "_source": s})
             for m in ("dcca", "dccae"):
@@ -387,7 +392,7 @@ def figure(tables: dict, sources: list[str], rates, path: str) -> None:
     import matplotlib.pyplot as plt
 
     cells = tables["_cells"]
-    fig, axes = plt.subplots(1, len(sources), figsize=(4.6 * len(sources), 3.8), squeeze=False, sharey=False)
+    fig, axes = plt.subplots(1, len(sources), figsize=(4.6 * len(sources), 4.0), squeeze=False, sharey=True)
     styles = {"linear": ("tab:gray", "--"), "dcca": ("tab:blue", "-"), "dccae": ("tab:cyan", "-"),
               "shipped": ("tab:red", "-"), "winner": ("tab:orange", "-.")}
     for ax, s in zip(axes[0], sources):
@@ -399,16 +404,22 @@ def figure(tables: dict, sources: list[str], rates, path: str) -> None:
             mu = [ms[0] for _, ms in pts]
             sd = [ms[1] for _, ms in pts]
             c, ls = styles[m]
-            ax.plot(x, mu, ls, color=c, marker="o", ms=4, label=label)
+            ax.errorbar(x, mu, yerr=sd, fmt="o", ls=ls, color=c, ms=4, capsize=3, label=label)
             ax.fill_between(x, [a - b for a, b in zip(mu, sd)], [a + b for a, b in zip(mu, sd)], color=c, alpha=0.18)
         ax.set_title(short(s))
         ax.set_xlabel("train pairs shuffled (%)")
         ax.set_xticks([100 * r for r in rates])
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("test mAP (mean ± seed std)")
-    axes[0][-1].legend(fontsize=7, loc="lower left")
-    fig.suptitle("Noisy correspondence: val/test clean, every choice on validation", fontsize=10)
-    fig.tight_layout()
+    handles = {}
+    for ax in axes[0]:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(lab, h)
+    order = [lab for lab in METHODS.values() if lab in handles]
+    fig.legend([handles[lab] for lab in order], order, fontsize=8, loc="lower center", ncol=len(order), frameon=False)
+    fig.suptitle("Noisy correspondence: a share of the train pairs shuffled, val/test clean, every choice on validation",
+                 fontsize=10)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = path + ".tmp.png"
     fig.savefig(tmp, dpi=110)
@@ -453,7 +464,9 @@ def render(tables, info, command, header, b: Bench, fig_rel: str) -> str:
         "", md_table(NOISE_COLUMNS, tables["noise"]), "",
         f"![test mAP against the share of shuffled train pairs]({fig_rel})", "",
         "Lead of the shipped config over the best baseline (the baseline with the highest test mean at that rate: "
-        "the strongest competitor), and of the search winner:", "",
+        "the strongest competitor; a row once every seed of the shipped config and the baselines is in), and of the "
+        "search winner; lead > 2 sd: whether it exceeds twice the std of a one-seed difference, "
+        "2 sqrt(sd_shipped^2 + sd_baseline^2) (bench_quality's test):", "",
         md_table(LEAD_COLUMNS, tables["leads"]), "", *verdicts(tables, b.sources), "",
         "Baseline searches (seed 0; validation mAP with test-time CCA auto; test never looked at for the choice):", "",
         md_table(SEARCH_COLUMNS, tables["baseline_search"], {"lr": "g", "val mAP": ".4f"}), ""]
