@@ -23,7 +23,7 @@ import numpy as np
 from hscmae.config import Config
 from hscmae.data import Dataset, DataError
 from hscmae.io import atomic_write, writable_folder_error
-from hscmae.protocol import embed_all, held_scores, project, protocol_scores
+from hscmae.protocol import embed_all, held_scored, protocol_scored
 
 
 class ExportError(ValueError):
@@ -44,24 +44,19 @@ def check_writable(folder: str) -> None:
         raise ExportError(f"{folder}: export folder is not writable ({why})")
 
 
-def project_as_chosen(za: np.ndarray, zv: np.ndarray, data: Dataset, scores: dict) -> tuple[np.ndarray, np.ndarray]:
-    """The embeddings after the test-time CCA that `scores` (protocol_scores' output) records; the
-    raw embeddings when it chose none."""
-    return project(za, zv, data, float(scores["test_cca_reg"]), int(scores["test_cca_dim"]))
-
-
 def protocol_embeddings(model, data: Dataset, cfg: Config, choice=None) -> dict:
     """{audio, visual, audio_cca, visual_cca, scores}: clean-input embeddings of every clip before
-    and after the chosen test-time CCA, and the final evaluation's scores (val and test).
+    and after the chosen test-time CCA, and the final evaluation's scores (val and test). The
+    projection is the very one the scores are of (no second CCA fit).
     choice: the (ridge, dim) the final evaluation of this very model chose (a final checkpoint's
     "val_choice"), which skips the ~50 validation scores of choosing again; None: choose."""
     za, zv = embed_all(model, data, cfg.eval_encoder)
     if choice is None:
-        scores = protocol_scores(za, zv, data, cfg, splits=("val", "test"))
+        scored = protocol_scored(za, zv, data, cfg, splits=("val", "test"))
     else:
-        scores = held_scores(za, zv, data, cfg, choice, splits=("val", "test"))
-    pa, pv = project_as_chosen(za, zv, data, scores)
-    return {"audio": za, "visual": zv, "audio_cca": pa, "visual_cca": pv, "scores": scores}
+        scored = held_scored(za, zv, data, cfg, choice, splits=("val", "test"))
+    pa, pv = scored.projected()
+    return {"audio": za, "visual": zv, "audio_cca": pa, "visual_cca": pv, "scores": scored.scores}
 
 
 def write_embeddings(emb: dict, data: Dataset, cfg: Config, folder: str, fmt: str = "npz") -> list[str]:

@@ -18,6 +18,10 @@ operations, which also keeps the cost of torch's per-operation thread synchronis
 """
 from __future__ import annotations
 
+import hashlib
+from collections import OrderedDict
+from typing import NamedTuple
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -26,6 +30,8 @@ _BINS_PER_RELEVANT = 8  # more bins: fewer relevant items per bin (fewer search 
 _INT32_LIMIT = 2**31
 _MAX_CHUNK_SCORES = 1 << 20  # queries per chunk <= this / gallery size: bounds memory, and is
 # also the fastest measured (2**18 .. 2**24 tried): the temporaries stay in cache
+_MAX_SHARED_SCORES = 1 << 25  # retrieval_map_pair keeps the whole score matrix up to this (128 MB float32)
+_LABEL_CACHE_SIZE = 16  # label indexes kept (a run's val and test splits, a few data sets)
 
 
 def _embeddings(x, name: str) -> torch.Tensor:
@@ -124,40 +130,89 @@ def _average_precision(scores: torch.Tensor, relevant: torch.Tensor, nrel: torch
     return (precision * real).sum(1) / nrel.double()
 
 
-def average_precisions(query, gallery, query_labels, gallery_labels, *, chunk_size: int = 1024) -> np.ndarray:
-    """AP of every query (float64, NaN where the query has no relevant gallery item).
+class LabelIndex(NamedTuple):
+    """The label bookkeeping of one (query labels, gallery labels) pair, independent of any score:
+    class codes of the queries, the gallery grouped by class (each class one slice of by_class),
+    and the queries that have a relevant item, ordered by class size then class so that the rows
+    of a chunk (several classes at once: few large tensor ops) need similar padding."""
+    qc: torch.Tensor  # (n_query,) class code of each query
+    class_size: torch.Tensor  # (classes,) gallery items per class
+    class_start: torch.Tensor  # (classes,) where each class's slice of by_class starts
+    by_class: torch.Tensor  # (n_gallery,) gallery indices grouped by class
+    order: torch.Tensor  # queries with a relevant item (AP defined), by class size, then class
 
-    Queries go in chunks of at most `chunk_size`, fewer when the gallery is large so that a chunk
-    holds at most 1M scores (about 25 MB of temporaries at the peak)."""
-    q, g, ql, gl = _query_gallery(query, gallery, query_labels, gallery_labels)
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
-    ap = np.full(len(q), np.nan)
-    if len(q) == 0 or len(g) == 0:
-        return ap
 
-    # Labels of any type (ints, strings) become codes. The gallery, grouped by class, gives each
-    # query its relevant columns as one slice; queries are ordered by class size so that the rows of
-    # a chunk (several classes at once: few large tensor ops) need similar padding.
+_LABEL_CACHE: OrderedDict = OrderedDict()
+
+
+def _label_key(a: np.ndarray):
+    if a.dtype.kind == "O":  # Python objects: no stable bytes to key on
+        return None
+    return a.dtype.str, a.shape, hashlib.blake2b(np.ascontiguousarray(a).tobytes(), digest_size=16).digest()
+
+
+def label_index(query_labels, gallery_labels, *, cache: bool = True) -> LabelIndex:
+    """The LabelIndex of these labels. With cache (default), kept by the labels' contents (dtype,
+    shape, bytes): the same split scored at every grid point and every epoch of a run, in both
+    directions, does this once."""
+    ql, gl = np.asarray(query_labels), np.asarray(gallery_labels)
+    key = None
+    if cache:
+        kq, kg = _label_key(ql), _label_key(gl)
+        key = (kq, kg) if kq is not None and kg is not None else None
+        if key is not None and key in _LABEL_CACHE:
+            _LABEL_CACHE.move_to_end(key)
+            return _LABEL_CACHE[key]
+    # labels of any type (ints, strings) become codes
     _, codes = np.unique(np.concatenate([ql, gl]), return_inverse=True)
     qc, gc = codes[:len(ql)].ravel(), codes[len(ql):].ravel()
     class_size = np.bincount(gc, minlength=codes.max() + 1)
-    class_start = torch.from_numpy(np.cumsum(class_size) - class_size)
-    by_class = torch.from_numpy(np.argsort(gc, kind="stable"))  # label bookkeeping, not a score sort
     order = np.lexsort((qc, class_size[qc]))  # by class size, then class
-    order = torch.from_numpy(order[class_size[qc[order]] > 0])  # no relevant item: AP undefined, skipped
-    qc, class_size = torch.from_numpy(qc), torch.from_numpy(class_size)
+    index = LabelIndex(qc=torch.from_numpy(qc), class_size=torch.from_numpy(class_size),
+                       class_start=torch.from_numpy(np.cumsum(class_size) - class_size),
+                       by_class=torch.from_numpy(np.argsort(gc, kind="stable")),  # bookkeeping, not a score sort
+                       order=torch.from_numpy(order[class_size[qc[order]] > 0]))  # no relevant item: skipped
+    if key is not None:
+        _LABEL_CACHE[key] = index
+        while len(_LABEL_CACHE) > _LABEL_CACHE_SIZE:
+            _LABEL_CACHE.popitem(last=False)
+    return index
 
-    q, g = F.normalize(q, dim=1), F.normalize(g, dim=1)  # a zero vector scores 0 against everything
+
+def _check_chunk_size(chunk_size) -> None:
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+
+
+def _aps(q: torch.Tensor, g: torch.Tensor, index: LabelIndex, chunk_size: int,
+         scores: torch.Tensor | None = None) -> np.ndarray:
+    """AP of every query of the normalised q against g; `scores`: q @ g.T already computed."""
+    ap = np.full(len(q), np.nan)
     rows_per_chunk = min(chunk_size, max(1, _MAX_CHUNK_SCORES // len(g)))
-    for start in range(0, len(order), rows_per_chunk):
-        rows = order[start:start + rows_per_chunk]
-        c = qc[rows]
-        nrel = class_size[c]
-        slots = class_start[c][:, None] + torch.arange(int(nrel.max()))
-        relevant = by_class[slots.clamp_(max=len(g) - 1)]
-        ap[rows.numpy()] = _average_precision(q[rows] @ g.T, relevant, nrel).numpy()
+    for start in range(0, len(index.order), rows_per_chunk):
+        rows = index.order[start:start + rows_per_chunk]
+        c = index.qc[rows]
+        nrel = index.class_size[c]
+        slots = index.class_start[c][:, None] + torch.arange(int(nrel.max()))
+        relevant = index.by_class[slots.clamp_(max=len(g) - 1)]
+        s = q[rows] @ g.T if scores is None else scores.index_select(0, rows)
+        ap[rows.numpy()] = _average_precision(s, relevant, nrel).numpy()
     return ap
+
+
+def average_precisions(query, gallery, query_labels, gallery_labels, *, chunk_size: int = 1024,
+                       cache: bool = True) -> np.ndarray:
+    """AP of every query (float64, NaN where the query has no relevant gallery item).
+
+    Queries go in chunks of at most `chunk_size`, fewer when the gallery is large so that a chunk
+    holds at most 1M scores (about 25 MB of temporaries at the peak). cache: reuse the labels'
+    bookkeeping (label_index) when these labels were seen before."""
+    q, g, ql, gl = _query_gallery(query, gallery, query_labels, gallery_labels)
+    _check_chunk_size(chunk_size)
+    if len(q) == 0 or len(g) == 0:
+        return np.full(len(q), np.nan)
+    # a zero vector scores 0 against everything
+    return _aps(F.normalize(q, dim=1), F.normalize(g, dim=1), label_index(ql, gl, cache=cache), chunk_size)
 
 
 def retrieval_map(query, gallery, query_labels, gallery_labels, *, chunk_size: int = 1024,
@@ -166,15 +221,28 @@ def retrieval_map(query, gallery, query_labels, gallery_labels, *, chunk_size: i
     gallery item are left out of the mean (NaN if that is every query). With return_per_query,
     returns (mAP, per-query APs with NaN for the skipped ones)."""
     ap = average_precisions(query, gallery, query_labels, gallery_labels, chunk_size=chunk_size)
-    valid = ~np.isnan(ap)
-    m = float(ap[valid].mean()) if valid.any() else float("nan")
+    m = _mean_ap(ap)
     return (m, ap) if return_per_query else m
 
 
-def retrieval_map_pair(audio, visual, labels, *, chunk_size: int = 1024) -> dict[str, float]:
-    """Audio queries against the visual gallery of the same clips, and the reverse."""
-    a2v = retrieval_map(audio, visual, labels, labels, chunk_size=chunk_size)
-    v2a = retrieval_map(visual, audio, labels, labels, chunk_size=chunk_size)
+def _mean_ap(ap: np.ndarray) -> float:
+    valid = ~np.isnan(ap)
+    return float(ap[valid].mean()) if valid.any() else float("nan")
+
+
+def retrieval_map_pair(audio, visual, labels, *, chunk_size: int = 1024, cache: bool = True) -> dict[str, float]:
+    """Audio queries against the visual gallery of the same clips, and the reverse: one label
+    index serves both directions, and (up to 32M scores) one score matrix, the v2a scores being
+    the a2v ones transposed."""
+    a, v, la, _ = _query_gallery(audio, visual, labels, labels)
+    _check_chunk_size(chunk_size)
+    if len(a) == 0:
+        return {"map_a2v": float("nan"), "map_v2a": float("nan"), "map": float("nan")}
+    a, v = F.normalize(a, dim=1), F.normalize(v, dim=1)
+    index = label_index(la, la, cache=cache)
+    scores = a @ v.T if len(a) * len(v) <= _MAX_SHARED_SCORES else None
+    a2v = _mean_ap(_aps(a, v, index, chunk_size, scores))
+    v2a = _mean_ap(_aps(v, a, index, chunk_size, None if scores is None else scores.T.contiguous()))
     return {"map_a2v": a2v, "map_v2a": v2a, "map": (a2v + v2a) / 2}
 
 

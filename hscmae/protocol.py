@@ -31,10 +31,10 @@ import numpy as np
 import torch
 
 from hscmae.checkpoint import load_model
-from hscmae.cca import CCA_DIMS, CCA_REGS, fit_linear_cca
+from hscmae.cca import CCA_DIMS, CCA_REGS, LinearCCA, fit_linear_cca
 from hscmae.config import Config
 from hscmae.data import Dataset
-from hscmae.metrics import retrieval_map_pair
+from hscmae.metrics import retrieval_map, retrieval_map_pair
 
 # the ridge of a fixed test_cca_dim (and of bench_eval's dimension-only sweep)
 SWEEP_CCA_REG = 1e-3
@@ -113,22 +113,73 @@ def split_scores(za: np.ndarray, zv: np.ndarray, data: Dataset, split: str) -> d
     return retrieval_map_pair(za[idx], zv[idx], data.labels[idx])
 
 
-def _grid(xa: np.ndarray, xv: np.ndarray, data: Dataset, regs, dims):
-    """(validation scores, reg, dim, projected xa, projected xv) of the linear CCA (fitted on the
-    train split) with the highest validation mean mAP over regs x dims; ties go to the smaller
-    ridge, then the smaller dimension (the earlier grid point)."""
-    tr = data.splits["train"]
+class Variant(NamedTuple):
+    """One point of the protocol: use = (reg, dim), (0, 0) = raw; cca: the linear CCA fitted on
+    the train split (None when raw), possibly with more directions than dim (one fit per ridge
+    serves every dimension: the directions are nested). Rows are projected only when asked for."""
+    use: tuple
+    za: np.ndarray
+    zv: np.ndarray
+    cca: LinearCCA | None = None
+
+    def rows(self, idx=None) -> tuple[np.ndarray, np.ndarray]:
+        """These clips' embeddings as this variant scores them (idx None: every clip)."""
+        xa, xv = (self.za, self.zv) if idx is None else (self.za[idx], self.zv[idx])
+        if self.cca is None:
+            return xa, xv
+        dim = self.use[1]
+        return self.cca.transform_x(xa)[:, :dim], self.cca.transform_y(xv)[:, :dim]
+
+    def scores(self, data: Dataset, split: str) -> dict[str, float]:
+        idx = data.splits[split]
+        return retrieval_map_pair(*self.rows(idx), data.labels[idx])
+
+
+HALVING_FRACTION, HALVING_MIN, HALVING_KEEP = 0.25, 128, 4
+
+
+def halving_subset(n: int, fraction: float = HALVING_FRACTION, minimum: int = HALVING_MIN) -> np.ndarray:
+    """The fixed, seeded subset of a split's n queries the halving grid screens on (sorted)."""
+    size = min(n, max(minimum, int(round(fraction * n))))
+    return np.sort(np.random.default_rng(0).choice(n, size, replace=False))
+
+
+def _subset_map(pa: np.ndarray, pv: np.ndarray, labels: np.ndarray, sub: np.ndarray) -> float:
+    """Mean of the a2v and v2a mAPs of the queries `sub` against every item as gallery."""
+    a2v = retrieval_map(pa[sub], pv, labels[sub], labels)
+    v2a = retrieval_map(pv[sub], pa, labels[sub], labels)
+    return (a2v + v2a) / 2
+
+
+def _grid(xa: np.ndarray, xv: np.ndarray, data: Dataset, regs, dims, search: str = "exhaustive",
+          keep: int = HALVING_KEEP, subset: np.ndarray | None = None):
+    """(validation scores, Variant) of the linear CCA (fitted on the train split) with the highest
+    validation mean mAP over regs x dims; ties go to the smaller ridge, then the smaller dimension
+    (the earlier grid point). One fit per ridge (the top-d directions are nested), and only the
+    val rows are projected. search "halving": every point is first scored with a fixed seeded
+    subset of the val queries (`halving_subset`, every val item the gallery), the `keep` best of
+    them are scored on every val query, and the best of those is chosen: its scores are always
+    the exact full-val ones, never the subset's."""
+    tr, va = data.splits["train"], data.splits["val"]
+    labels = data.labels[va]
     top = min(max(dims), xa.shape[1], xv.shape[1])
-    best = None
+    points = []  # (reg, dim, cca, projected val rows)
     for reg in regs:
-        cca = fit_linear_cca(xa[tr], xv[tr], top, reg)  # the top-d directions are nested: fit once
-        pa, pv = cca.transform_x(xa), cca.transform_y(xv)
-        for dim in dims:
-            if dim > top:
-                continue
-            val = split_scores(pa[:, :dim], pv[:, :dim], data, "val")
-            if best is None or val["map"] > best[0]["map"]:
-                best = (val, reg, dim, pa[:, :dim], pv[:, :dim])
+        cca = fit_linear_cca(xa[tr], xv[tr], top, reg)
+        pa, pv = cca.transform_x(xa[va]), cca.transform_y(xv[va])
+        points += [(reg, dim, cca, pa[:, :dim], pv[:, :dim]) for dim in dims if dim <= top]
+    if search == "halving" and len(points) > keep:
+        sub = halving_subset(len(va)) if subset is None else subset
+        screen = [_subset_map(pa, pv, labels, sub) for *_, pa, pv in points]
+        best_first = sorted(range(len(points)), key=lambda i: -screen[i])  # stable: ties keep grid order
+        points = [points[i] for i in sorted(best_first[:keep])]
+    elif search not in ("exhaustive", "halving"):
+        raise ValueError(f"grid search must be 'exhaustive' or 'halving', got {search!r}")
+    best = None
+    for reg, dim, cca, pa, pv in points:
+        val = retrieval_map_pair(pa, pv, labels)
+        if best is None or val["map"] > best[0]["map"]:
+            best = (val, Variant((reg, dim), xa, xv, cca))
     return best
 
 
@@ -136,31 +187,36 @@ def best_linear_cca(xa: np.ndarray, xv: np.ndarray, data: Dataset, regs=CCA_REGS
     """The linear CCA (fitted on the train split) whose projection scores the highest validation
     mean mAP over regs x dims. Returns (val mAP, reg, dim, projected xa, projected xv); ties go to
     the smaller ridge, then the smaller dimension (the earlier grid point)."""
-    val, *rest = _grid(xa, xv, data, regs, dims)
-    return (val["map"], *rest)
+    val, variant = _grid(xa, xv, data, regs, dims)
+    return (val["map"], *variant.use, *variant.rows())
 
 
 class Scored(NamedTuple):
-    """A protocol evaluation: its scores (protocol_scores' dict), the variant used (reg, dim)
-    ((0, 0) = raw) and every clip's embeddings as that variant projects them (what was scored)."""
+    """A protocol evaluation: its scores (protocol_scores' dict) and the variant they are of."""
     scores: dict
-    use: tuple
-    pa: np.ndarray
-    pv: np.ndarray
+    variant: Variant
+
+    @property
+    def use(self) -> tuple:
+        return self.variant.use
+
+    def projected(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every clip's embeddings as the chosen variant projects them (what was scored)."""
+        return self.variant.rows()
 
     def on(self, data: Dataset, splits) -> dict[str, float]:
-        """The scores with `splits` scored too, on the same projection (no new fit, no new choice)."""
-        have = {k.split("_", 1)[0] for k in self.scores if k.endswith("_map")}
-        more = [s for s in splits if s not in have]
-        return {**self.scores, **_scores_of(self.pa, self.pv, data, more, self.use)}
+        """The scores with `splits` scored too, on the same variant (no new fit, no new choice)."""
+        have = {k[:-len("_map")] for k in self.scores if k.endswith("_map")}
+        return {**self.scores, **_scores_of(self.variant, data, [s for s in splits if s not in have])}
 
 
-def _scores_of(pa, pv, data: Dataset, splits, use: tuple, known: dict | None = None) -> dict[str, float]:
-    """protocol_scores' output for the variant `use` = (reg, dim) ((0, 0) = raw), projected to
-    (pa, pv); `known`: its validation scores when already computed."""
+def _scores_of(variant: Variant, data: Dataset, splits, known: dict | None = None) -> dict[str, float]:
+    """protocol_scores' output for `variant` on `splits`; `known`: its validation scores when
+    already computed."""
+    use = variant.use
     out: dict[str, float] = {"test_cca": float(use[1] > 0), "test_cca_reg": float(use[0]), "test_cca_dim": float(use[1])}
     for split in splits:
-        scores = known if split == "val" and known is not None else split_scores(pa, pv, data, split)
+        scores = known if split == "val" and known is not None else variant.scores(data, split)
         for key, value in scores.items():
             out[f"{split}_{key}"] = value
     return out
@@ -176,42 +232,48 @@ def protocol_scored(za: np.ndarray, zv: np.ndarray, data: Dataset, cfg: Config,
                     splits=("val",), regs=CCA_REGS) -> Scored:
     """Scores on `splits` under cfg.test_cca; "auto" picks raw or CCA by validation mean mAP. The
     CCA's dimension is chosen on validation from CCA_DIMS at each ridge in `regs`, and the ridge
-    among `regs` (module docstring); the final evaluation keeps the default, the full grid.
+    among `regs` (module docstring), exhaustively or, with cfg.grid_search "halving", screened on a
+    subset of the val queries first (`_grid`); the final evaluation keeps the default, the full grid.
 
     Returns {f"{split}_map", f"{split}_map_a2v", f"{split}_map_v2a", ..., "test_cca": 0/1,
-    "test_cca_reg", "test_cca_dim" (0 when raw)}, as a Scored with the chosen projection."""
-    variants = {}  # (reg, dim) -> projected embeddings; (0, 0) = raw
+    "test_cca_reg", "test_cca_dim" (0 when raw)}, as a Scored with the chosen variant."""
+    variants = {}  # (reg, dim) -> Variant; (0, 0) = raw
     val: dict[tuple, dict] = {}  # (reg, dim) -> its validation scores, where computed
     if cfg.test_cca in ("off", "auto"):
-        variants[(0.0, 0)] = (za, zv)
+        variants[(0.0, 0)] = Variant((0.0, 0), za, zv)
     if cfg.test_cca in ("on", "auto"):
         try:
             if not cfg.test_cca_dim:
-                scores, reg, dim, pa, pv = _grid(za, zv, data, regs, CCA_DIMS)
-                variants[(reg, dim)], val[(reg, dim)] = (pa, pv), scores
+                scores, v = _grid(za, zv, data, regs, CCA_DIMS, getattr(cfg, "grid_search", "exhaustive"))
+                variants[v.use], val[v.use] = v, scores
             else:
-                variants[(SWEEP_CCA_REG, cfg.test_cca_dim)] = project(za, zv, data, SWEEP_CCA_REG, cfg.test_cca_dim)
+                variants[(SWEEP_CCA_REG, cfg.test_cca_dim)] = _fitted(za, zv, data, SWEEP_CCA_REG, cfg.test_cca_dim)
         except (ValueError, np.linalg.LinAlgError):
             if cfg.test_cca == "on":
                 raise
     if len(variants) > 1:  # choose on validation only; a tie keeps the raw embeddings
         for key, v in variants.items():
             if key not in val:
-                val[key] = split_scores(*v, data, "val")
+                val[key] = v.scores(data, "val")
         use = max(val, key=lambda c: (val[c]["map"], -c[1]))
     else:
         use = next(iter(variants))
-    return Scored(_scores_of(*variants[use], data, splits, use, val.get(use)), use, *variants[use])
+    return Scored(_scores_of(variants[use], data, splits, val.get(use)), variants[use])
+
+
+def _fitted(za: np.ndarray, zv: np.ndarray, data: Dataset, reg: float, dim: int) -> Variant:
+    """The Variant of that ridge and dimension, its CCA fitted on the train split; dim 0: raw."""
+    if not dim:
+        return Variant((0.0, 0), za, zv)
+    tr = data.splits["train"]
+    return Variant((reg, dim), za, zv, fit_linear_cca(za[tr], zv[tr], dim, reg))
 
 
 def project(za: np.ndarray, zv: np.ndarray, data: Dataset, reg: float, dim: int):
     """Every clip's embeddings through the linear CCA of that ridge and dimension fitted on the
     train split (its directions are nested, so this equals the grid's top-d fit cut to `dim`);
     dim 0: the raw embeddings."""
-    if not dim:
-        return za, zv
-    cca = fit_linear_cca(za[data.splits["train"]], zv[data.splits["train"]], dim, reg)
-    return cca.transform_x(za), cca.transform_y(zv)
+    return _fitted(za, zv, data, reg, dim).rows()
 
 
 def held_scores(za: np.ndarray, zv: np.ndarray, data: Dataset, cfg: Config, choice: tuple,
@@ -223,17 +285,19 @@ def held_scores(za: np.ndarray, zv: np.ndarray, data: Dataset, cfg: Config, choi
 def held_scored(za: np.ndarray, zv: np.ndarray, data: Dataset, cfg: Config, choice: tuple,
                 splits=("val",)) -> Scored:
     """Scores of the embeddings under an earlier choice of `protocol_scores`: choice = (its
-    test_cca_reg, test_cca_dim), (0, 0) = raw; the CCA is refitted on these embeddings' train
-    split. Where that fit fails and test_cca is not "on", raw (as protocol_scores falls back)."""
+    test_cca_reg, test_cca_dim), (0, 0) = raw (no CCA fit); the CCA is refitted on these
+    embeddings' train split. Where that fit fails and test_cca is not "on", raw (as
+    protocol_scores falls back)."""
     reg, dim = float(choice[0]), int(choice[1])
-    if dim:  # raw (dim 0): no CCA fit at all
+    if dim:
         try:
-            pa, pv = project(za, zv, data, reg, dim)
-            return Scored(_scores_of(pa, pv, data, splits, (reg, dim)), (reg, dim), pa, pv)
+            v = _fitted(za, zv, data, reg, dim)
+            return Scored(_scores_of(v, data, splits), v)
         except (ValueError, np.linalg.LinAlgError):
             if cfg.test_cca == "on":
                 raise
-    return Scored(_scores_of(za, zv, data, splits, (0.0, 0)), (0.0, 0), za, zv)
+    v = Variant((0.0, 0), za, zv)
+    return Scored(_scores_of(v, data, splits), v)
 
 
 def evaluate_checkpoint(cfg: Config, data: Dataset, checkpoint: str) -> dict[str, float]:

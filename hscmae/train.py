@@ -247,6 +247,7 @@ def fit(cfg: Config, data: Dataset, *, on_epoch: Callable | None = None, resume_
     audio, visual = torch.from_numpy(data.audio).to(device), torch.from_numpy(data.visual).to(device)
     train_idx = torch.from_numpy(data.splits["train"]).to(device)
     metrics: dict = {}
+    scored = None
     for epoch in range(start_epoch + 1, cfg.epochs + 1):
         t0 = time.perf_counter()
         sums = EpochSums()
@@ -258,16 +259,18 @@ def fit(cfg: Config, data: Dataset, *, on_epoch: Callable | None = None, resume_
         t1 = time.perf_counter()
         kind = schedule.at(epoch, cfg.epochs)
         scores: dict = {}
+        scored = None  # this epoch's evaluation (its choice and scores)
         if kind != SKIP:
             za, zv = embed_all(model, data, cfg.eval_encoder, tensors=(audio, visual))
             # the last epoch's report carries the test scores too: a scheduler may stop the trial
             # right at that report, so nothing after it is guaranteed to be seen
             splits = ("val", "test") if epoch == cfg.epochs else ("val",)
             if kind == GRID or held is None:
-                scores = protocol_scored(za, zv, data, cfg, splits).scores
-                held = [scores["test_cca_reg"], int(scores["test_cca_dim"])]
+                scored = protocol_scored(za, zv, data, cfg, splits)
+                held = [scored.scores["test_cca_reg"], int(scored.scores["test_cca_dim"])]
             else:
-                scores = held_scored(za, zv, data, cfg, held, splits).scores
+                scored = held_scored(za, zv, data, cfg, held, splits)
+            scores = scored.scores
         t2 = time.perf_counter() if kind != SKIP else t1
         metrics = {"epoch": epoch, **sums.means(), **scores, "epoch_time_s": t2 - t0, "train_s": t1 - t0,
                    "eval_s": t2 - t1}
@@ -284,7 +287,11 @@ def fit(cfg: Config, data: Dataset, *, on_epoch: Callable | None = None, resume_
             save(os.path.join(out_dir, "checkpoint.pt"))
         if on_epoch is not None and on_epoch(dict(metrics), save):
             break
-    if "test_map" not in metrics:  # stopped early, or resumed with no epoch left to train
+    if "test_map" not in metrics and scored is not None:
+        # stopped right after a scored epoch (the model unchanged since): its choice and val
+        # scores are the final evaluation's, with the test scores of that same projection added
+        metrics = {**metrics, **scored.on(data, ("val", "test"))}
+    elif "test_map" not in metrics:  # stopped after a skipped epoch, or resumed with no epoch left
         za, zv = embed_all(model, data, cfg.eval_encoder, tensors=(audio, visual))
         metrics = {**metrics, "epoch": metrics.get("epoch", start_epoch),
                    **protocol_scored(za, zv, data, cfg, splits=("val", "test")).scores}

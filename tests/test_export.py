@@ -149,3 +149,24 @@ def test_a_final_checkpoints_kept_choice_gives_the_final_evaluations_numbers(tmp
     assert (_sk_map(a, v, lab) + _sk_map(v, a, lab)) / 2 == pytest.approx(final["test_map"], abs=1e-6)
     # an earlier epoch's checkpoint keeps only a between-epochs choice: the report chooses again
     assert final_choice({**state, "epoch": 2}, cfg) is None
+
+
+def test_protocol_embeddings_are_the_scored_projection_without_another_fit(tmp_path, monkeypatch):
+    """protocol_embeddings' audio_cca / visual_cca are the projection its scores are of (val rows
+    score its val_map, by sklearn), from the scorer's own fit: one CCA fit for a kept choice."""
+    import hscmae.protocol as P
+    from hscmae.checkpoint import load_model
+    from hscmae.export import protocol_embeddings
+
+    cfg = config_from_dict({**TINY, "test_cca": "on", "epochs": 1})
+    data = load_data(cfg.data)
+    final = fit(cfg, data, out_dir=str(tmp_path), log=None)
+    fits, fit_cca = [], P.fit_linear_cca
+    monkeypatch.setattr(P, "fit_linear_cca", lambda *a, **k: fits.append(1) or fit_cca(*a, **k))
+    model = load_model(cfg, data, str(tmp_path / "checkpoint.pt"))
+    emb = protocol_embeddings(model, data, cfg, [final["test_cca_reg"], final["test_cca_dim"]])
+    assert len(fits) == 1
+    assert emb["audio_cca"].shape[1] == int(final["test_cca_dim"])
+    va = data.splits["val"]
+    a, v, lab = emb["audio_cca"][va], emb["visual_cca"][va], data.labels[va]
+    assert (_sk_map(a, v, lab) + _sk_map(v, a, lab)) / 2 == pytest.approx(emb["scores"]["val_map"], abs=1e-6)

@@ -203,3 +203,39 @@ def test_per_class_map_from_per_query_ap_matches_sklearn():
         assert got[c] == pytest.approx(expected[c], abs=1e-9)
     with pytest.raises(ValueError, match="shape"):
         metrics.per_class_map(ap[:-1], ql)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_cached_label_bookkeeping_gives_bit_identical_maps_and_sklearns(seed):
+    """The label index kept by the labels' contents (reused by every grid point, epoch and both
+    directions) gives the very same bits as computing it afresh, and sklearn's mAP; the pair's
+    shared score matrix (v2a = a2v transposed) gives the bits of two separate retrievals."""
+    rng = np.random.default_rng(seed)
+    n, k = 400 + 150 * seed, 3 + 5 * seed
+    labels = rng.integers(0, k, n)
+    means = rng.normal(size=(k, 16))
+    a = (means[labels] + rng.normal(size=(n, 16))).astype(np.float32)
+    v = (means[labels] + rng.normal(size=(n, 16))).astype(np.float32)
+    if seed == 2:
+        a, v = _tie_vectors(rng, n), _tie_vectors(rng, n)  # exact ties
+    metrics._LABEL_CACHE.clear()
+    uncached = retrieval_map_pair(a, v, labels, cache=False)
+    assert not metrics._LABEL_CACHE
+    first = retrieval_map_pair(a, v, labels)
+    index = metrics.label_index(labels.copy(), labels.copy())  # equal contents, another array: a hit
+    assert len(metrics._LABEL_CACHE) == 1 and index is next(iter(metrics._LABEL_CACHE.values()))
+    again = retrieval_map_pair(a, v, labels)
+    assert uncached == first == again  # bit-identical floats
+    separate = {"map_a2v": retrieval_map(a, v, labels, labels), "map_v2a": retrieval_map(v, a, labels, labels)}
+    assert (first["map_a2v"], first["map_v2a"]) == (separate["map_a2v"], separate["map_v2a"])
+    assert first["map_a2v"] == pytest.approx(_sklearn_map(a, v, labels, labels), abs=1e-6)
+    assert first["map_v2a"] == pytest.approx(_sklearn_map(v, a, labels, labels), abs=1e-6)
+
+
+def test_the_pair_without_a_shared_matrix_gives_the_same_bits(monkeypatch):
+    rng = np.random.default_rng(7)
+    labels = rng.integers(0, 6, 300)
+    a, v = rng.normal(size=(300, 8)).astype(np.float32), rng.normal(size=(300, 8)).astype(np.float32)
+    shared = retrieval_map_pair(a, v, labels)
+    monkeypatch.setattr(metrics, "_MAX_SHARED_SCORES", 0)  # larger than the limit: chunk by chunk
+    assert retrieval_map_pair(a, v, labels) == shared
