@@ -121,7 +121,8 @@ def test_a_checkpoint_of_another_config_is_one_error_line(tmp_path, capsys):
     assert len(err) == 1 and err[0].startswith("error: ") and "hidden_dim" in err[0] and "checkpoint.pt" in err[0]
 
 
-@pytest.mark.parametrize("how", ["no checkpoint", "--figures-from retrain"])
+@pytest.mark.parametrize("how", ["no checkpoint",  # the same retrain, asked for by flag: slow suite
+                                 pytest.param("--figures-from retrain", marks=pytest.mark.slow)])
 def test_without_a_checkpoint_or_when_asked_the_config_is_retrained_to_the_same_model(tmp_path, how):
     """config + seed -> the same model: a retrain scores exactly what the trial reported."""
     exp, final, _ = _experiment(tmp_path, TINY)

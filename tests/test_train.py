@@ -110,6 +110,8 @@ def test_malicious_and_corrupt_checkpoints_are_refused(tmp_path):
 def test_train_and_eval_commands(tmp_path, capsys):
     out = tmp_path / "run"
     sets = [f"{k}={v}" for k, v in TINY.items() if k != "data"]
+    # the train command as a command; the eval command's main() in this process (tests/test_export.py
+    # runs `python -m hscmae.eval` itself)
     r = subprocess.run([sys.executable, "-m", "hscmae.train", "--config", "config/hsc_mae.yaml",
                         "--data", "synthetic:tiny", "--out", str(out), "--set", *sets],
                        capture_output=True, text=True, timeout=300)
@@ -118,9 +120,9 @@ def test_train_and_eval_commands(tmp_path, capsys):
     m = json.loads((out / "metrics.json").read_text())
     for k in ("val_map", "test_map_a2v", "test_map_v2a", "test_map"):
         assert isinstance(m[k], float)
-    r = subprocess.run([sys.executable, "-m", "hscmae.eval", "--config", str(out / "config.yaml"),
-                        "--checkpoint", str(out / "checkpoint.pt")], capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
+    from hscmae.eval import main as eval_main
+
+    assert eval_main(["--config", str(out / "config.yaml"), "--checkpoint", str(out / "checkpoint.pt")]) == 0
     e = json.loads((out / "metrics_eval.json").read_text())
     assert e["test_map"] == pytest.approx(m["test_map"], abs=1e-6)
     assert T.main(["--set", "top_k=0", "--out", str(out)]) == 2  # (in this process: no third start-up)
