@@ -14,6 +14,10 @@ scoring) of that epoch; --repeat runs, medians. A default-space trial (60 epochs
 30) evaluates with the grid at epochs 1, 10 and 30, held at the other 56 and the final at 60:
   trial eval % = (3 grid + 56 held + final) / (60 x epoch train s), the evaluation's share of the
   trial's training time.
+Each set runs with grid_search exhaustive (the default) and halving; the halving run also
+compares, at every epoch, its grid's choice with the exhaustive grid's on the same embeddings
+(agreement table; a bench-only extra, outside eval_s). --before LABEL=FILE shows the cost table
+an earlier run printed (e.g. the same command on an older commit) beside the new one.
 
 Study (--study): a search's ASHA stops most trials, so only a few reach the end and the rank
 correlation of --rank rests on 3-11 points. The study takes the configs of all of a search's
@@ -53,21 +57,32 @@ SECTION, RANK_SECTION = "bench_eval", "bench_eval_rank"
 CONFIG = os.path.join(_REPO, "config", "hsc_mae.yaml")
 FULL_DATA = ["synthetic:ave", "synthetic:vegas"]  # + the digits halves where the shared folder is
 EPOCHS, RUNGS = 60, (10, 30)  # the default space: 60 epochs, ASHA grace 10, rf 3
-COLUMNS = ["data", "train/val clips", "steps", "epoch train s", "grid eval s", "held eval s", "final eval s",
+COLUMNS = ["data", "grid search", "train/val clips", "steps", "epoch train s", "grid eval s", "held eval s", "final eval s",
            "trial eval %"]
-TABLES = {"cost": COLUMNS}
+AGREE_COLUMNS = ["data", "epochs compared", "same choice", "within 0.002", "worst gap"]
+TABLES = {"cost": COLUMNS, "halving": AGREE_COLUMNS}
 RANK_COLUMNS = ["search", "full trials", "per-epoch dims seen", "final dims", "rho at rungs and last-1",
                 "step at last epoch", "step at rungs", "best val / test", "winner retrained: test mAP"]
 TARGET = 15.0  # % of an epoch's training time
 
 
-def cost_row(source: str, repeat: int) -> dict:
-    cfg = load_config(CONFIG, {"data": source, "threads": 1, "epochs": 3})
+def cost_row(source: str, repeat: int, search: str = "exhaustive", agreement: list | None = None) -> dict:
+    """One row of the cost table: fit's own timings with that grid_search. With the halving grid,
+    `agreement` gets one entry per epoch: (the halving grid's choice and exact val, the
+    exhaustive grid's) on that epoch's embeddings (a bench-only extra, not in eval_s)."""
+    cfg = load_config(CONFIG, {"data": source, "threads": 1, "epochs": 3, "grid_search": search})
     data = load_data_for(cfg)
+    full = dataclasses.replace(cfg, grid_search="exhaustive")
+
+    def compare(epoch, za, zv):
+        if agreement is not None:
+            agreement.append((protocol_scores(za, zv, data, cfg), protocol_scores(za, zv, data, full)))
+        return {}
     runs = []
     for _ in range(repeat):
         seen: list[dict] = []
-        T.fit(cfg, data, on_epoch=lambda m, save: seen.append(m), log=None, schedule=EvalSchedule(grid_epochs=(1,)))
+        T.fit(cfg, data, on_epoch=lambda m, save: seen.append(m), log=None,
+              schedule=EvalSchedule(grid_epochs=(1,), extra=compare))
         runs.append(seen)
     med = lambda epoch, key: float(np.median([r[epoch - 1][key] for r in runs]))  # noqa: E731
     train_s = float(np.median([m["train_s"] for r in runs for m in r]))
@@ -75,12 +90,25 @@ def cost_row(source: str, repeat: int) -> dict:
     n_grid = len({1, *RUNGS})  # fit's choice epochs before the last in a default-space trial
     trial = (n_grid * t["grid"] + (EPOCHS - n_grid - 1) * t["held"] + t["final"]) / EPOCHS
     first = runs[0][0]
-    name = "digits halves" if source.rstrip("/").endswith("sk_digits_halves") else source
-    return {"data": name, "train/val clips": f"{len(data.splits['train'])}/{len(data.splits['val'])}",
+    return {"data": _name(source), "grid search": search,
+            "train/val clips": f"{len(data.splits['train'])}/{len(data.splits['val'])}",
             "steps": len(data.splits["train"]) // cfg.batch_size, "epoch train s": train_s,
             "grid eval s": t["grid"], "held eval s": t["held"], "final eval s": t["final"],
             "trial eval %": 100 * trial / train_s,
             "choice": f"ridge {first['test_cca_reg']:g}, dim {int(first['test_cca_dim'])}"}
+
+
+def _name(source: str) -> str:
+    return "digits halves" if source.rstrip("/").endswith("sk_digits_halves") else source
+
+
+def agreement_row(source: str, pairs: list) -> dict:
+    """How often the halving grid's choice is the exhaustive one's, or within 0.002 exact val."""
+    choice = lambda s: (s["test_cca_reg"], s["test_cca_dim"])  # noqa: E731
+    gaps = [full["val_map"] - half["val_map"] for half, full in pairs]
+    return {"data": _name(source), "epochs compared": len(pairs),
+            "same choice": sum(choice(h) == choice(f) for h, f in pairs),
+            "within 0.002": sum(g <= 0.002 for g in gaps), "worst gap": max(gaps)}
 
 
 def retrained(pattern: str | None) -> str:
@@ -185,8 +213,9 @@ def study_rows(specs: list[str], workers: int, max_trials: int | None = None) ->
     return rows
 
 
-def cost_section(rows: list[dict], info: str, load, command: str, repeat: int) -> str:
-    worst = max(r["trial eval %"] for r in rows)
+def cost_section(rows: list[dict], agree: list[dict], info: str, load, command: str, repeat: int,
+                 before: list[tuple[str, str]] = ()) -> str:
+    worst = {g: max(r["trial eval %"] for r in rows if r["grid search"] == g) for g in ("exhaustive", "halving")}
     fmt = {c: ".3f" for c in COLUMNS if c.endswith(" s")} | {c: ".1f" for c in COLUMNS if c.endswith("%")}
     return "\n".join([
         "## Per-epoch validation cost (`bench/bench_eval.py`)", "", info,
@@ -199,15 +228,33 @@ def cost_section(rows: list[dict], info: str, load, command: str, repeat: int) -
         "eval % = a default-space trial's evaluation (grid at epochs 1, 10, 30; held at the other 56; the final at "
         "60) as a share of its training-step time.", "",
         md_table(COLUMNS, rows, fmt), "",
-        f"- target: trial eval <= {TARGET:.0f}% of training -> **{'met' if worst <= TARGET else 'missed'}** "
-        f"(worst {worst:.1f}%); " + "; ".join(
-            f"{r['data']}: one held epoch's eval = {100 * r['held eval s'] / r['epoch train s']:.1f}% of an epoch, "
-            f"grid's choice {r['choice']}" for r in rows)])
+        "- target: trial eval <= " f"{TARGET:.0f}% of training -> " + "; ".join(
+            f"{g}: **{'met' if w <= TARGET else 'missed'}** (worst {w:.1f}%)" for g, w in worst.items()) + "; " + "; ".join(
+            f"{r['data']} ({r['grid search']}): one held epoch's eval = "
+            f"{100 * r['held eval s'] / r['epoch train s']:.1f}% of an epoch, grid's choice {r['choice']}" for r in rows),
+        "", "Halving grid (`grid_search: halving`: every point screened on a seeded quarter of the val queries, at "
+        "least 128, against every val item; the best 4 scored on every val query) against the exhaustive grid on "
+        "the same embeddings, every epoch of the halving runs above; gap = exhaustive val mAP - halving's (both "
+        "exact full-val scores):", "", md_table(AGREE_COLUMNS, agree, {"worst gap": ".4f"}),
+        *[x for label, table in before for x in ("", f"Before ({label}), the same measurement on that code:", "",
+                                                 table)]])
+
+
+def earlier_table(spec: str) -> tuple[str, str]:
+    """LABEL=FILE: the first cost table an earlier run printed (its markdown lines), to show beside."""
+    label, _, path = spec.partition("=")
+    with open(path) as f:
+        lines = f.read().split("\n")
+    start = next(i for i, x in enumerate(lines) if x.startswith("| data"))
+    end = next((i for i in range(start, len(lines)) if not lines[i].startswith("| ")), len(lines))
+    return label, "\n".join(lines[start:end])
 
 
 def main(argv: list[str] | None = None) -> dict:
     p = parser(__file__, __doc__, "synthetic:tiny only, 2 repeats (CI)")
     p.add_argument("--repeat", type=int, default=1, help="fit runs per data set (medians)")
+    p.add_argument("--before", action="append", default=[], metavar="LABEL=FILE",
+                   help="an earlier run's printed output: its cost table is shown beside, labelled")
     p.add_argument("--data", nargs="+", default=None, metavar="SRC",
                    help="cost on these sources instead (e.g. synthetic:vegas,n=8000)")
     p.add_argument("--rank", nargs="+", metavar="LABEL=EXPERIMENT", help="write the rank table instead")
@@ -263,13 +310,18 @@ def main(argv: list[str] | None = None) -> dict:
         limits = one_thread()
         try:
             info = machine_info()
-            rows = [cost_row(s, repeat) for s in sources]
+            rows, agree = [], []
+            for s in sources:
+                pairs: list = []
+                rows += [cost_row(s, repeat), cost_row(s, repeat, "halving", pairs)]
+                agree.append(agreement_row(s, pairs))
         finally:
             if limits is not None:
                 limits.unregister()
-    text = cost_section(rows, info, os.getloadavg(), command_line(argv, __file__), repeat)
+    text = cost_section(rows, agree, info, os.getloadavg(), command_line(argv, __file__), repeat,
+                        [earlier_table(b) for b in args.before])
     publish(SECTION, text, args.no_write or args.quick)
-    return {"cost": rows}
+    return {"cost": rows, "halving": agree}
 
 
 if __name__ == "__main__":

@@ -121,6 +121,9 @@ class Config:
                          ablate_to="off")
     # 0: chosen on val with the ridge at the final evaluation (hscmae.protocol)
     test_cca_dim: int = knob(0, **AT_LEAST_0)
+    # the test-time CCA's (ridge, dim) grid: "exhaustive" (every point on every val query) |
+    # "halving" (screened on a seeded quarter of the val queries, the best 4 scored exactly)
+    grid_search: str = knob("exhaustive", choices=("exhaustive", "halving"))
     # optimisation
     lr: float = knob(1e-3, **POSITIVE)
     weight_decay: float = knob(1e-4, **AT_LEAST_0)

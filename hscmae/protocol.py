@@ -244,7 +244,7 @@ def protocol_scored(za: np.ndarray, zv: np.ndarray, data: Dataset, cfg: Config,
     if cfg.test_cca in ("on", "auto"):
         try:
             if not cfg.test_cca_dim:
-                scores, v = _grid(za, zv, data, regs, CCA_DIMS, getattr(cfg, "grid_search", "exhaustive"))
+                scores, v = _grid(za, zv, data, regs, CCA_DIMS, cfg.grid_search)
                 variants[v.use], val[v.use] = v, scores
             else:
                 variants[(SWEEP_CCA_REG, cfg.test_cca_dim)] = _fitted(za, zv, data, SWEEP_CCA_REG, cfg.test_cca_dim)

@@ -84,21 +84,26 @@ def _check_train(monkeypatch):
 
 
 def _check_eval(monkeypatch):
-    """The cost row is fit's own train_s / eval_s (epoch 1 grid, 2 held, 3 final) and the trial
-    share follows from them: 3 grids, 56 held epochs and the final over 60 epochs of training."""
+    """Each cost row is fit's own train_s / eval_s (epoch 1 grid, 2 held, 3 final) with the row's
+    grid_search, and the trial share follows from them: 3 grids, 56 held epochs and the final
+    over 60 epochs of training. The halving check compares every epoch of the halving run."""
     calls = _record_fits(monkeypatch)
 
     def check(out):
-        (row,) = out["cost"]
-        (_, seen, _), = calls
-        assert [m["epoch"] for m in seen] == [1, 2, 3] and "test_map" in seen[2]
-        train = float(np.median([m["train_s"] for m in seen]))
-        assert row["epoch train s"] == train
-        assert (row["grid eval s"], row["held eval s"], row["final eval s"]) == tuple(m["eval_s"] for m in seen)
-        share = 100 * (3 * seen[0]["eval_s"] + 56 * seen[1]["eval_s"] + seen[2]["eval_s"]) / 60 / train
-        assert row["trial eval %"] == pytest.approx(share, rel=1e-12)
-        for m in seen:  # fit's own split of its epoch
-            assert m["train_s"] + m["eval_s"] == pytest.approx(m["epoch_time_s"], abs=1e-6)
+        assert len(out["cost"]) == len(calls) == 2
+        for row, (cfg, seen, _) in zip(out["cost"], calls):
+            assert row["grid search"] == cfg.grid_search
+            assert [m["epoch"] for m in seen] == [1, 2, 3] and "test_map" in seen[2]
+            train = float(np.median([m["train_s"] for m in seen]))
+            assert row["epoch train s"] == train
+            assert (row["grid eval s"], row["held eval s"], row["final eval s"]) == tuple(m["eval_s"] for m in seen)
+            share = 100 * (3 * seen[0]["eval_s"] + 56 * seen[1]["eval_s"] + seen[2]["eval_s"]) / 60 / train
+            assert row["trial eval %"] == pytest.approx(share, rel=1e-12)
+            for m in seen:  # fit's own split of its epoch
+                assert m["train_s"] + m["eval_s"] == pytest.approx(m["epoch_time_s"], abs=1e-6)
+        assert [c[0].grid_search for c in calls] == ["exhaustive", "halving"]
+        (agree,) = out["halving"]
+        assert agree["epochs compared"] == 3 and agree["within 0.002"] == 3
     return check
 
 

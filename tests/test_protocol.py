@@ -264,3 +264,47 @@ def test_held_raw_epochs_fit_no_cca_and_an_early_stop_reuses_the_last_epochs_sco
         fx, fy = _scipy_cca(a[tr], v[tr], reg, dim)
         a, v = fx(a), fy(v)
     assert final["test_map"] == pytest.approx(_sklearn_map(a[te], v[te], tiny.labels[te]), abs=1e-5)  # float32 ties
+
+
+def test_the_halving_grid_agrees_with_the_exhaustive_one_where_the_choice_is_clear(tiny, ref):
+    """On both fixtures the screened grid keeps the exhaustive grid's point among its best 4 and
+    so chooses it, with the same exact scores; on a larger split the seeded subset is a quarter."""
+    import dataclasses
+
+    from hscmae.protocol import halving_subset, protocol_scores
+
+    for kind in ("few", "spread"):
+        za, zv = _embeddings(tiny, kind)
+        cfg = config_from_dict({**TINY, "test_cca": "on"})
+        full = protocol_scores(za, zv, tiny, cfg, ("val", "test"))
+        half = protocol_scores(za, zv, tiny, dataclasses.replace(cfg, grid_search="halving"), ("val", "test"))
+        assert half == full, kind
+        assert (full["test_cca_reg"], full["test_cca_dim"]) == max(
+            (p for p in ref[kind][0] if p[1]), key=lambda p: ref[kind][0][p])
+    sub = halving_subset(1000)
+    assert len(sub) == 250 and (np.diff(sub) > 0).all() and (halving_subset(1000) == sub).all()
+    assert len(halving_subset(300)) == 128 and len(halving_subset(90)) == 90
+
+
+def test_a_misleading_subset_still_reports_the_exact_val_score_of_the_point_it_chose(tiny, ref):
+    """Screened on 4 seeded val queries with only the subset's best kept, the halving grid can
+    choose another point than the exhaustive grid (it does for one of these seeds); what it
+    reports is always that point's exact full-val score (the independent reference's), never the
+    subset's."""
+    from hscmae.protocol import _grid, _subset_map
+
+    za, zv = _embeddings(tiny, "few")
+    scores = ref["few"][0]
+    val_labels = tiny.labels[tiny.splits["val"]]
+    exhaustive = max((p for p in scores if p[1]), key=lambda p: scores[p])
+    dims = [d for d in CCA_DIMS if d <= D]
+    misled = 0
+    for seed in range(10):
+        sub = np.sort(np.random.default_rng(seed).choice(len(val_labels), 4, replace=False))
+        val, variant = _grid(za, zv, tiny, CCA_REGS, dims, "halving", keep=1, subset=sub)
+        assert val["map"] == pytest.approx(scores[variant.use], abs=1e-6)
+        if variant.use != exhaustive:
+            misled += 1
+            subset_score = _subset_map(*variant.rows(tiny.splits["val"]), val_labels, sub)
+            assert val["map"] < scores[exhaustive] and abs(val["map"] - subset_score) > 1e-3
+    assert misled, "some subset must mislead the screen (else this fixture tests nothing)"
