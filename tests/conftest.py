@@ -9,7 +9,6 @@ import json
 import os
 import shutil
 import tempfile
-import time
 
 import pytest
 
@@ -81,17 +80,3 @@ class Hold:
 
     def release(self) -> None:
         open(os.path.join(self.dir, "release"), "w").close()
-
-
-def wait_until(cond, timeout: float, what: str, alive=None, poll: float = 0.05):
-    """cond()'s first truthy value; fails after `timeout` s, or as soon as alive() is false (the
-    process the state was to come from has exited). For states that stay true once reached."""
-    end = time.time() + timeout
-    while time.time() < end:
-        v = cond()
-        if v:
-            return v
-        if alive is not None and not alive():
-            pytest.fail(f"the process exited before {what}")
-        time.sleep(poll)
-    pytest.fail(f"timed out after {timeout}s waiting for {what}")
