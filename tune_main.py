@@ -4,6 +4,7 @@
     python tune_main.py --space default --resume   # resume; fails if there is nothing to resume
     python tune_main.py --list-spaces
     python tune_main.py --space components --set pair_noise=0.5   # fixed overrides of the base config
+    python tune_main.py --space default --confirm 5   # then retrain the top 5 over 3 seeds, choose by the mean
 
 Every check that can fail (flags, config, space, data, storage) runs before Ray starts. The data
 set is loaded once here and shared with all trials through Ray's object store. Each trial reports
@@ -61,10 +62,17 @@ def parse_args(argv):
                    help="fixed overrides of the base config, validated as hscmae.train --set (a key the space "
                         "fixes is refused; one it searches gives the warm start); recorded in base_config.yaml "
                         "and checked on --resume")
+    p.add_argument("--confirm", type=int, default=None, metavar="K",
+                   help="after the search, retrain its top K full-length configs and the base config over "
+                        "--confirm-seeds seeds and choose by mean val_map (report.py --confirm K: the report, "
+                        "confirmed.md and best_config.yaml from the confirmed choice)")
+    p.add_argument("--confirm-seeds", type=int, default=3, metavar="S", help="--confirm: seeds per config (default 3)")
+    p.add_argument("--confirm-epochs", type=int, default=None, metavar="N",
+                   help="--confirm: epochs of its runs (default: the base config's own when longer than the search's)")
     study.add_arguments(p)  # --optuna-storage, --no-warm-start, --mlflow
     args = p.parse_args(argv)
     for flag in ("num_samples", "max_concurrent", "cpus_per_trial", "grace_period", "max_epochs",
-                 "checkpoint_every"):
+                 "checkpoint_every", "confirm", "confirm_seeds", "confirm_epochs"):
         v = getattr(args, flag)
         if v is not None and v < 1:
             raise UsageError(f"--{flag.replace('_', '-')} must be >= 1, got {v}")
@@ -157,7 +165,27 @@ def _main(argv: list[str], interrupts: Interrupts) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
-    return run_search(args, run, interrupts, argv)
+    code = run_search(args, run, interrupts, argv)
+    if code or not args.confirm:
+        return code
+    return confirm(args, run["exp"])
+
+
+def confirm(args, exp: str) -> int:
+    """--confirm K: the search finished; report.py --confirm K on it, in this process (its Ray)."""
+    import report
+
+    if "://" in exp:
+        print(f"error: --confirm: {exp} is not a local folder; run report.py --confirm on a local copy",
+              file=sys.stderr)
+        return 2
+    print(f"\n[hscmae] confirming the top {args.confirm} configs and the base config over {args.confirm_seeds} "
+          f"seeds (report.py --confirm {args.confirm} --seeds {args.confirm_seeds} {exp})", flush=True)
+    argv = [exp, "--confirm", str(args.confirm), "--seeds", str(args.confirm_seeds),
+            "--gpus-per-task", str(args.gpus_per_trial)]
+    if args.confirm_epochs:
+        argv += ["--epochs", str(args.confirm_epochs)]
+    return report.main(argv)
 
 
 if __name__ == "__main__":

@@ -328,3 +328,51 @@ def dashboard_command(p: dict, exp: str) -> str | None:
     if p.get("legacy") or not p.get("persistent"):
         return None
     return f"optuna-dashboard {p['storage'] or os.path.join(exp, p['journal'])}"
+
+
+def record_confirmed(exp: str, table) -> str | None:
+    """After `--confirm`: each confirmed config's mean val_map as user attributes of the stored
+    study, so the dashboard shows the trusted numbers beside the single-seed ones. Optuna refuses
+    to change a finished trial, so they are *study* attributes: `confirmed <Optuna number>` (or
+    `confirmed base config`) -> "val_map mean +- std over S seeds; test ...; confirmed rank r", and
+    `hscmae_confirmed` with the whole table as JSON. Returns the storage written, or None where
+    the experiment keeps no stored study (legacy, or a remote folder without --optuna-storage)."""
+    import math
+    import warnings
+
+    import optuna
+
+    from harness.storage import read_text
+
+    text = read_text(exp, RECORD)
+    if not text:
+        return None
+    rec = json.loads(text)
+    if not rec.get("persistent"):
+        return None
+    where = rec["storage"] or os.path.join(exp, rec["journal"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        st = optuna.load_study(study_name=rec["study_name"], storage=open_storage(where))
+    number = {str(t.user_attrs.get("tune_trial_id")): t.number for t in st.get_trials(deepcopy=False)}
+
+    def num(x):
+        return None if x is None or (isinstance(x, float) and math.isnan(x)) else float(x)
+
+    rows = []
+    for _, r in table.iterrows():
+        tid = r["trial_id"] if isinstance(r["trial_id"], str) else None
+        n = number.get(tid) if tid else None
+        row = {"config": r["config"], "optuna_number": n, "tune_trial_id": tid, "n_seeds": int(r["n_ok"]),
+               "val_map_mean": num(r["val_map_mean"]), "val_map_std": num(r["val_map_std"]),
+               "test_map_mean": num(r["test_map_mean"]), "test_map_std": num(r["test_map_std"]),
+               "confirmed_rank": int(r["confirmed_rank"])}
+        rows.append(row)
+        if row["val_map_mean"] is not None:
+            st.set_user_attr(f"confirmed {n if n is not None else r['config']}",
+                             f"val_map {row['val_map_mean']:.4f} +- {row['val_map_std'] or 0:.4f} over "
+                             f"{row['n_seeds']} seeds; test_map {row['test_map_mean']:.4f}; confirmed rank "
+                             f"{row['confirmed_rank']}")
+    st.set_user_attr("hscmae_confirmed", rows)
+    return where
+

@@ -203,6 +203,15 @@ def run_confirm(exp: Experiment, out: str, k: int, seeds: int, epochs: int | Non
             results[i] = res
     table = summarise(cands, runs, results)
     written = write_confirmed(exp, out, cands, table, seeds, epochs)
+    from harness.study import record_confirmed
+
+    try:  # the dashboard's view of the study: the confirmed means beside the single-seed values
+        where = record_confirmed(exp.path, table)
+    except Exception as e:  # a storage that cannot be written now costs the attributes, not the tables
+        log(f"[report] confirm: the Optuna study was not updated ({' '.join(str(e).split())[:200]})")
+    else:
+        if where:
+            log(f"[report] confirm: the confirmed means are user attributes of the Optuna study in {where}")
     missing = sum(not res or "error" in res for res in results)
     if stop is not None and stop.signum is not None and missing:
         raise RetrainsInterrupted(stop.signum, len(runs) - missing, len(runs), written)

@@ -23,10 +23,12 @@ pytestmark = pytest.mark.slow  # a smoke search, then Ray tasks
 @pytest.fixture(scope="module")
 def search(tmp_path_factory):
     storage = tmp_path_factory.mktemp("confirm")
+    # the search and its confirm step in one command (tune_main.py --confirm: report.py --confirm after it)
     r = subprocess.run([sys.executable, "tune_main.py", "--space", "smoke", "--num-samples", "4", "--max-epochs", "4",
-                        "--storage", str(storage), "--name", "smoke"], cwd=ROOT, capture_output=True, text=True,
-                       timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                        "--storage", str(storage), "--name", "smoke", "--confirm", "2", "--confirm-seeds", "2"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "[report] confirmed best: " in r.stdout and "to train" in r.stdout, r.stdout[-3000:]
     from reporting.experiment import load_experiment
     from reporting.writing import write_report
 
@@ -34,6 +36,27 @@ def search(tmp_path_factory):
     out = str(storage / "smoke" / "report")
     write_report(exp, out)
     return exp, out
+
+
+def test_tune_main_confirm_puts_the_confirmed_means_in_the_stored_study(search):
+    """The dashboard's view: the study's user attributes hold each confirmed config's mean val_map,
+    keyed by the Optuna number of its trial (found here from the trials' tune_trial_id)."""
+    import optuna
+    import pandas as pd
+    from optuna.storages.journal import JournalFileBackend
+
+    exp, out = search
+    t = pd.read_parquet(os.path.join(out, "confirmed.parquet"))
+    st = optuna.load_study(study_name="smoke", storage=optuna.storages.JournalStorage(
+        JournalFileBackend(os.path.join(exp.path, "optuna-study.journal"))))
+    number = {tr.user_attrs["tune_trial_id"]: tr.number for tr in st.trials}
+    attrs = st.user_attrs
+    for _, r in t.iterrows():
+        key = f"confirmed {number[r['trial_id']]}" if r["trial_id"] in number else f"confirmed {r['config']}"
+        vals = [float(v) for v in r["val_maps"].split(",")]
+        assert attrs[key].startswith(f"val_map {sum(vals) / len(vals):.4f} +- "), (key, attrs[key])
+        assert attrs[key].endswith(f"confirmed rank {int(r['confirmed_rank'])}")
+    assert [row["config"] for row in attrs["hscmae_confirmed"]] == list(t["config"])
 
 
 def test_confirm_chooses_by_mean_val_and_its_runs_are_plain_fits(search):

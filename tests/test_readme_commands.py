@@ -86,3 +86,37 @@ def test_the_ccazoo_runner_imports_without_ccazoo(monkeypatch):
     module = importlib.import_module("hscmae.dccae_ccazoo")
     with pytest.raises(ImportError):
         module.main({"data": "synthetic:tiny"})
+
+
+def _tune_lines(text: str) -> list[str]:
+    lines = [m.strip() for m in re.findall(r"`(python tune_main\.py[^`]*)`", text)]
+    in_block = False
+    for line in text.splitlines():
+        if line.startswith("```"):
+            in_block = not in_block
+        elif in_block and line.startswith("python tune_main.py"):
+            lines.append(line.split("  #")[0].strip())
+    return lines
+
+
+TUNE_LINES = _tune_lines(README)
+
+
+def test_the_readme_shows_the_confirm_and_set_flags_of_tune_main():
+    assert any("--confirm" in line for line in TUNE_LINES) and any("--set" in line for line in TUNE_LINES)
+
+
+@pytest.mark.parametrize("line", TUNE_LINES)
+def test_each_readme_tune_main_command_parses_as_written(line):
+    """Every `python tune_main.py ...` the README shows is a command line tune_main accepts (its
+    flags, their values; placeholders filled in), so a renamed flag cannot leave the README behind."""
+    import tune_main
+
+    rest = re.sub(r"<[^>]+>", "EXP", line[len("python tune_main.py"):]).replace("[", " ").replace("]", " ")
+    words = [{"N": "2", "S": "2", "K": "2", "G": "0.5", "URL": "sqlite:///s.db", "URI": "file:./mlruns"}.get(w, w)
+             for w in shlex.split(rest)]
+    args = tune_main.parse_args(words)
+    for w in words:
+        if w.startswith("--") and "=" not in w:
+            dest = w[2:].replace("-", "_")
+            assert hasattr(args, dest), (line, w)
