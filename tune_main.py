@@ -19,7 +19,6 @@ import argparse
 import dataclasses
 import sys
 
-import yaml
 
 from hscmae.config import ConfigError, load_config, parse_overrides
 from hscmae.data import DataError, load_data_for
@@ -94,9 +93,6 @@ def prepare(args):
         overrides = parse_overrides(list(args.set))
     except ConfigError as e:
         raise ConfigError(f"--set: {e}") from None
-    except yaml.YAMLError as e:  # parse_overrides lets a value that is not YAML through
-        raise ConfigError(f"--set {' '.join(args.set)}: a value is not a YAML scalar "
-                          f"({' '.join(str(e).split())[:200]})") from None
     data_flag = {"data": args.data} if args.data else {}
     if overrides:  # validated like hscmae.train --set; an error names --set, the file's own errors the file
         load_config(args.config, data_flag)

@@ -58,3 +58,5 @@ def test_yaml_file_and_overrides(tmp_path):
         load_config(str(tmp_path / "missing.yaml"))
     with pytest.raises(ConfigError, match="key=value"):
         parse_overrides(["epochs"])
+    with pytest.raises(ConfigError, match=r"override 'lr=\[1': the value is not YAML"):  # not a traceback
+        parse_overrides(["lr=[1"])

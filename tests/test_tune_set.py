@@ -34,7 +34,7 @@ def one_error(capsys, argv) -> str:
     (["mask_ratio=2"], "--set mask_ratio=2: config key 'mask_ratio': must be in [0, 1)"),
     (["pair_noise=1.0"], "config key 'pair_noise'"),
     (["use_recon=maybe"], "config key 'use_recon'"),
-    (["lr=[1"], "--set lr=[1: a value is not a YAML scalar"),
+    (["lr=[1"], "--set: override 'lr=[1': the value is not YAML"),
     (["hidden_dim=64"], "--set hidden_dim=64: search space 'smoke' fixes hidden_dim = 32 for every trial"),
     (["epochs=3"], "fixes epochs = 6"),
 ])
