@@ -92,6 +92,7 @@ SECTIONS: tuple[tuple[str, str, str], ...] = (
     ("bench_quality_real", "Quality on real data", "Retrieval quality on real two-view data"),
     ("bench_noise", "Quality on real data", "Noise robustness (weakly paired data)"),
     ("bench_search", "Search", "Search efficiency"),
+    ("bench_confirm", "Search", "Confirming a search's answer over seeds"),
     ("bench_harness", "Harness", "Harness overhead"),
     ("bench_load", "Loading", "Loading the authors' HDF5 files"),
     ("bench_report", "Report", "Report figures"),

@@ -23,7 +23,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = sorted(glob.glob(os.path.join(REPO, "bench", "bench_*.py")))
 BENCHMARKS = os.path.join(REPO, "BENCHMARKS.md")
 EXPECTED = {"bench_train.py", "bench_map.py", "bench_harness.py", "bench_search.py", "bench_scaling.py",
-            "bench_quality.py", "bench_load.py", "bench_eval.py", "bench_report.py", "bench_noise.py"}
+            "bench_quality.py", "bench_load.py", "bench_eval.py", "bench_report.py", "bench_noise.py",
+            "bench_confirm.py"}
 
 
 def _load(path):
@@ -140,8 +141,28 @@ def _check_quality(monkeypatch):
     return check
 
 
-CHECKS = {"bench_train.py": _check_train, "bench_eval.py": _check_eval, "bench_scaling.py": _check_scaling,
-          "bench_quality.py": _check_quality}
+def _check_confirm(monkeypatch):
+    """bench_confirm's row is what its confirm wrote: the confirmed choice is the argmax of the mean
+    val over each config's seeds (recomputed here from confirmed.parquet's per-seed values), the
+    single-seed choice the search's rank-1 trial, the test cells those configs' seed means."""
+    def check(out):
+        import pandas as pd
+
+        (row,) = out["runs"]
+        t = pd.read_parquet(os.path.join(row["report folder"], "confirmed.parquet"))
+        means = {r["config"]: np.mean([float(v) for v in r["val_maps"].split(",")]) for _, r in t.iterrows()}
+        assert row["confirmed choice"] == max(means, key=means.get)
+        single = t[t["search_rank"] == 1].iloc[0]
+        assert row["single-seed choice"] == single["config"]
+        assert row["same"] == ("yes" if single["config"] == row["confirmed choice"] else "no")
+        test = {r["config"]: np.mean([float(v) for v in r["test_maps"].split(",")]) for _, r in t.iterrows()}
+        assert row["confirmed test"].startswith(f"{test[row['confirmed choice']]:.4f} ± ")
+        assert row["single-seed choice's test"].startswith(f"{test[single['config']]:.4f} ± ")
+    return check
+
+
+CHECKS = {"bench_confirm.py": _check_confirm, "bench_train.py": _check_train, "bench_eval.py": _check_eval,
+          "bench_scaling.py": _check_scaling, "bench_quality.py": _check_quality}
 
 
 @pytest.mark.slow
