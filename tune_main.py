@@ -5,6 +5,7 @@
     python tune_main.py --list-spaces
     python tune_main.py --space components --set pair_noise=0.5   # fixed overrides of the base config
     python tune_main.py --space default --confirm 5   # then retrain the top 5 over 3 seeds, choose by the mean
+    python tune_main.py --space wide --from results/hscmae-default   # a new search seeded with the old one's trials
 
 Every check that can fail (flags, config, space, data, storage) runs before Ray starts. The data
 set is loaded once here and shared with all trials through Ray's object store. Each trial reports
@@ -22,7 +23,7 @@ import sys
 
 from hscmae.config import ConfigError, load_config, parse_overrides
 from hscmae.data import DataError, load_data_for
-from harness import UsageError, study
+from harness import UsageError, branch, study
 from harness.interrupt import Interrupts, caused_by_signal, leave_now
 from harness.ray_setup import check_gpus_per_trial, init_ray  # noqa: F401  (init_ray: bench_search)
 from harness.search import finish, print_summary, run_search  # noqa: F401  (print_summary: tests)
@@ -69,6 +70,7 @@ def parse_args(argv):
     p.add_argument("--confirm-epochs", type=int, default=None, metavar="N",
                    help="--confirm: epochs of its runs (default: the base config's own when longer than the search's)")
     study.add_arguments(p)  # --optuna-storage, --no-warm-start, --mlflow
+    branch.add_arguments(p)  # --from OLD (a new experiment seeded with OLD's finished trials)
     args = p.parse_args(argv)
     for flag in ("num_samples", "max_concurrent", "cpus_per_trial", "grace_period", "max_epochs",
                  "checkpoint_every", "confirm", "confirm_seeds", "confirm_epochs"):

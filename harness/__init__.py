@@ -5,6 +5,7 @@ it; the core library `hscmae` never imports Ray or this package.
     search.py       one search as tune_main.py runs it: resume checks, Ray, metadata, fit, summary
     trainable.py    run_trial: one fit() reporting every epoch to Tune
     study.py        the Optuna study's plan and storage (before Ray); study_search.py its Tune side
+    branch.py       --from OLD: a new experiment's study seeded with OLD's finished trials that fit
     tune_state.py   Tune's experiment_state-*.json: its one reader, and the atomic-write patch
     interrupt.py    SIGINT / SIGTERM: a graceful stop, the status block, the resume command
     ray_setup.py, storage.py, callbacks.py: Ray start-up, experiment folders, progress lines

@@ -54,6 +54,10 @@ def resume_command(argv: list[str], restorable: bool = True) -> str:
     """The command that resumes: this one, with --resume (without, if Tune had saved nothing yet:
     --resume would refuse a folder with nothing to restore; the same command starts afresh)."""
     args = list(argv)
+    if restorable:  # --from seeds a new experiment; its resume refuses it (harness/branch.py)
+        from harness.branch import without_from
+
+        args = without_from(args)
     if restorable and "--resume" not in args:
         args.append("--resume")
     return shlex.join([sys.executable, sys.argv[0] or "tune_main.py", *args])

@@ -12,7 +12,7 @@ import time
 import yaml
 
 from hscmae.config import Config, ConfigError
-from harness import METRIC, MODE, UsageError, study
+from harness import METRIC, MODE, UsageError, branch, study
 from harness.callbacks import make_progress_callback
 from harness.interrupt import Interrupts, count_trials, saved_trial_states
 from harness.ray_setup import gpu_slots, init_ray
@@ -41,6 +41,10 @@ def run_search(args, run: dict, interrupts: Interrupts, argv: list[str]) -> int:
     space, exp = run["space"], run["exp"]
     local = "://" not in exp
     exists = tune.Tuner.can_restore(exp) if (not local or os.path.isdir(exp)) else False
+    try:  # --from OLD: its finished trials that fit this space (harness/branch.py), checked before anything
+        inherit = branch.prepare(args, run, exists)
+    except UsageError as e:
+        return _error(e)
     if args.resume and not exists:
         return _error(f"--resume: no experiment to resume at {exp}")
     if exists:
@@ -59,6 +63,7 @@ def run_search(args, run: dict, interrupts: Interrupts, argv: list[str]) -> int:
                           run["max_concurrent"], max_epochs, grace, rf, overrides=run.get("overrides"))
     except (UsageError, ConfigError) as e:
         return _error(e)
+    branch.merge(plan, inherit)  # study.json records the inheritance: a --resume adds nothing again
     cpus, gpus = args.cpus_per_trial, args.gpus_per_trial
     interrupts.search = dict(exp=exp, num_samples=run["num_samples"], max_epochs=max_epochs)
     atomic_experiment_state()  # a SIGKILL mid-save must not leave an empty experiment state
@@ -101,7 +106,8 @@ def run_search(args, run: dict, interrupts: Interrupts, argv: list[str]) -> int:
                                      "temporal_pool": run["probe"].temporal_pool, "normalize": run["probe"].normalize,
                                      "provenance": run["data"].meta}, indent=2) + "\n"})
         study.record(exp, plan)
-        search_alg, study_callbacks = make_search_alg(plan, space, exp, optuna.samplers.TPESampler(seed=args.seed))
+        search_alg, study_callbacks = make_search_alg(plan, space, exp, optuna.samplers.TPESampler(seed=args.seed),
+                                                      inherit=inherit)
         tuner = build_tuner(exp, num_samples=run["num_samples"], search_alg=search_alg,
                             callbacks=[make_progress_callback(run["num_samples"], max_epochs), *study_callbacks],
                             max_failures=args.max_failures, **common)

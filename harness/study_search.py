@@ -19,7 +19,7 @@ from ray.tune import Callback
 from ray.tune.search import SearchGenerator
 from ray.tune.search.optuna import OptunaSearch
 
-from harness import METRIC, MODE
+from harness import METRIC, MODE, branch
 from harness.study import RECORD, _storage_or_error
 from harness.tune_state import read_trials
 
@@ -29,7 +29,7 @@ REBOUND = "tune_trial_rebound"  # study attribute: {Tune trial id: number} for f
 class StudySearch(OptunaSearch):
     """OptunaSearch whose study lives in an Optuna storage (see the module docstring)."""
 
-    def __init__(self, space, *, exp: str, plan: dict, sampler):
+    def __init__(self, space, *, exp: str, plan: dict, sampler, inherit: dict | None = None):
         self._exp, self._plan = exp, plan
         self._numbers: dict[str, int] = {}  # Tune trial id -> Optuna trial number
         self._errored: set[str] = set()  # told FAIL once the search has finished
@@ -43,6 +43,7 @@ class StudySearch(OptunaSearch):
         self._storage = self._ot_study._storage  # also when in memory (a remote --storage folder)
         for k, v in plan["identity"].items():
             self._ot_study.set_user_attr(k, v)
+        branch.seed(self._ot_study, inherit, plan)  # --from: the old experiment's trials, before the first ask
 
     def _where(self) -> str | None:
         if self._plan["storage"]:
@@ -118,6 +119,8 @@ class StudySearch(OptunaSearch):
         self._numbers, self._orphans = {}, []
         for number in sorted(ids):
             tid = ids[number]
+            if branch.INHERITED_FROM in by_number[number].user_attrs:
+                continue  # --from: finished in another experiment; no Tune trial ever had it, none gets it
             if tid is not None and (tune_trials is None or tid in tune_trials):
                 self._numbers[tid] = number
             elif by_number[number].state != TrialState.WAITING:
@@ -207,6 +210,8 @@ class Generator(SearchGenerator):
 
     def set_state(self, state):
         super().set_state(state)  # called after the StudySearch below restored (its num_samples: the command's)
+        # only a stopper's stop_all sets it (harness/stopping.py): this run's stopper decides again
+        self._finished = False
         base = self.searcher
         while hasattr(base, "searcher"):
             base = base.searcher
@@ -233,11 +238,12 @@ class StudyCallback(Callback):
         self.searcher.bind_folder(trial.trial_id, os.path.basename(trial.path.rstrip("/")))
 
 
-def make_search_alg(p: dict, space, exp: str, sampler):
-    """SearchGenerator(ConcurrencyLimiter(StudySearch)) and the callbacks that go with it."""
+def make_search_alg(p: dict, space, exp: str, sampler, inherit: dict | None = None):
+    """SearchGenerator(ConcurrencyLimiter(StudySearch)) and the callbacks that go with it.
+    inherit: harness.branch.prepare's trials (--from), added to the study before its first ask."""
     from ray.tune.search import ConcurrencyLimiter
 
-    searcher = StudySearch(space.sample, exp=exp, plan=p, sampler=sampler)
+    searcher = StudySearch(space.sample, exp=exp, plan=p, sampler=sampler, inherit=inherit)
     gen = Generator(ConcurrencyLimiter(searcher, p["max_concurrent"]))
     callbacks = [StudyCallback(searcher)]
     if p.get("mlflow"):

@@ -5,6 +5,7 @@ import os
 
 import yaml
 
+from harness.stopping import summary_lines
 from hscmae.io import atomic_write, atomic_write_text
 from reporting.analysis import _fmt, budget_notes, hparam_table, param_importance, ranked
 from reporting.experiment import STATUS_LABEL, Experiment
@@ -71,6 +72,25 @@ def write_report(exp: Experiment, out: str, top_n: int = 5, importance: str = "p
     return {"best": best, "rule": rule, "importance_how": how, "written": written}
 
 
+def inherited_lines(path: str) -> list[str]:
+    """A branched experiment (tune_main.py --from): which trials its study inherited (study.json's
+    record), since the tables and figures hold only the trials this experiment ran."""
+    import json
+
+    rec_path = os.path.join(path, "study.json")
+    try:
+        with open(rec_path) as f:
+            inh = json.load(f).get("inherited")
+    except (OSError, ValueError, AttributeError):
+        return []
+    if not isinstance(inh, dict) or not inh.get("numbers"):
+        return []
+    numbers, old = ", ".join(map(str, inh["numbers"])), ", ".join(map(str, inh.get("old_numbers") or []))
+    return [f"{len(inh['numbers'])} trials inherited from `{inh.get('from')}` (Optuna numbers {numbers}; {old} "
+            "there), not rerun: they are in this experiment's Optuna study (the sampler saw them), not in the "
+            "tables and figures below.", ""]
+
+
 def write_summary(exp: Experiment, out: str, facts: dict) -> None:
     t, best = exp.trials, facts["best"]
     counts = t["status"].value_counts()
@@ -79,6 +99,7 @@ def write_summary(exp: Experiment, out: str, facts: dict) -> None:
              f"Experiment `{exp.path}`: {len(t)} trials ({', '.join(parts)}); at most {exp.max_epochs} epochs "
              f"per trial; space `{exp.space.get('name', '?')}`.", ""]
     lines += [f"> Note: {n}." for n in exp.notes] + ([""] if exp.notes else [])
+    lines += inherited_lines(exp.path)
     errored = t[t["status"] == "errored"]
     if len(errored):  # the reason is what a reader needs first (a diverged lr, a bad checkpoint ...)
         lines += ["## Errored trials", "",
@@ -99,6 +120,7 @@ def write_summary(exp: Experiment, out: str, facts: dict) -> None:
                   "Full config: [best_config.yaml](best_config.yaml) (`python -m hscmae.train --config "
                   "best_config.yaml`, or `python tune_main.py --config best_config.yaml`); the top configs: "
                   "[top_configs.yaml](top_configs.yaml).", ""]
+    lines += summary_lines(exp.path)  # tune_main.py --stop-after / --time-budget ended it (stopped.json)
     budget = budget_notes(exp)
     if budget:  # what the search's budget may have hidden (issue 22)
         lines += ["## Budget", "", *[f"- {n[0].upper()}{n[1:]}." for n in budget], ""]
