@@ -168,6 +168,29 @@ def test_a_setting_the_old_experiment_fixed_otherwise_keeps_every_trial_out(tmp_
     assert "epochs 4 (here 2)" in out, out
 
 
+def test_no_warm_start_trial_when_the_base_config_was_inherited(tmp_path, tiny, capsys, no_ray, monkeypatch):
+    """The old study holds the very point the new warm start would run (the shipped config's values,
+    clamped to smoke's ranges as the README says): it is inherited, not run again."""
+    shipped = yaml.safe_load(open(SHIPPED))
+    clamp = lambda v, lo, hi: min(max(v, lo), hi)  # noqa: E731
+    point = {"mask_ratio": clamp(shipped["mask_ratio"], 0.1, 0.8),
+             "one_minus_ema_momentum": clamp(1.0 - shipped["ema_momentum"], 1e-3, 1e-1),
+             "top_k": clamp(shipped["top_k"], 1, 4), "temperature": clamp(shipped["temperature"], 0.05, 0.5),
+             "cca_dim": min((4, 8), key=lambda c: abs(c - shipped["cca_dim"])), "lr": SMOKE_LR}
+    monkeypatch.setattr(sys.modules[__name__], "OLD_TRIALS",
+                        [("base", TrialState.COMPLETE, point, 0.4, {1: 0.3, 2: 0.4}, "in"), *OLD_TRIALS])
+    old = make_old(tmp_path, tiny.fingerprint())
+    with pytest.raises(Built):
+        tune_main.main(argv(tmp_path / "new", old))
+    assert "the warm-start point (the base config) is an inherited trial" in capsys.readouterr().out
+    exp = tmp_path / "new" / "b"
+    trials = load(str(exp / "optuna-study.journal"), "b").get_trials()
+    assert all("hscmae_inherited_from" in t.user_attrs for t in trials)  # no waiting warm-start trial
+    rec = json.loads((exp / "study.json").read_text())
+    assert rec["warm_start"] is None and rec["inherited"]["numbers"] == [t.number for t in trials]
+    assert rec["inherited"]["old_numbers"][0] == 0
+
+
 def test_other_data_is_refused_before_ray(tmp_path, tiny, capsys):
     from hscmae.data import load_data
 
