@@ -12,7 +12,7 @@ def test_ci_runs_the_readme_test_commands_verbatim():
     blocks = re.findall(r"```bash\n(.*?)```", readme, flags=re.S)
     tests = next(b for b in blocks if "pytest" in b).strip().splitlines()  # the first block with pytest
     assert tests == ["pip install torch==2.13.0 && pip install -e '.[test]' && python -m pytest -q",
-                     "python -m pytest -q -m slow"], tests
+                     "python -m pytest -q -m slow -n 2 --dist loadfile"], tests
     ci = [line.strip() for line in open(os.path.join(ROOT, ".ci", "run")) if line.strip() and not line.startswith("#")]
     assert [line for line in ci if line in tests] == tests, ci  # both, in the README's order
 
