@@ -23,7 +23,7 @@ import sys
 
 from hscmae.config import ConfigError, load_config, parse_overrides
 from hscmae.data import DataError, load_data_for
-from harness import UsageError, branch, study
+from harness import UsageError, branch, stopping, study
 from harness.interrupt import Interrupts, caused_by_signal, leave_now
 from harness.ray_setup import check_gpus_per_trial, init_ray  # noqa: F401  (init_ray: bench_search)
 from harness.search import finish, print_summary, run_search  # noqa: F401  (print_summary: tests)
@@ -71,7 +71,9 @@ def parse_args(argv):
                    help="--confirm: epochs of its runs (default: the base config's own when longer than the search's)")
     study.add_arguments(p)  # --optuna-storage, --no-warm-start, --mlflow
     branch.add_arguments(p)  # --from OLD (a new experiment seeded with OLD's finished trials)
+    stopping.add_arguments(p)  # --stop-after N, --min-delta D, --time-budget T
     args = p.parse_args(argv)
+    stopping.check_args(args)
     for flag in ("num_samples", "max_concurrent", "cpus_per_trial", "grace_period", "max_epochs",
                  "checkpoint_every", "confirm", "confirm_seeds", "confirm_epochs"):
         v = getattr(args, flag)

@@ -12,9 +12,9 @@ import time
 import yaml
 
 from hscmae.config import Config, ConfigError
-from harness import METRIC, MODE, UsageError, branch, study
+from harness import METRIC, MODE, UsageError, branch, stopping, study
 from harness.callbacks import make_progress_callback
-from harness.interrupt import Interrupts, count_trials, saved_trial_states
+from harness.interrupt import Interrupts, count_trials, resume_command, saved_trial_states
 from harness.ray_setup import gpu_slots, init_ray
 from harness.storage import read_text, versions, write_metadata
 from harness.tune_state import atomic_experiment_state
@@ -64,6 +64,14 @@ def run_search(args, run: dict, interrupts: Interrupts, argv: list[str]) -> int:
     except (UsageError, ConfigError) as e:
         return _error(e)
     branch.merge(plan, inherit)  # study.json records the inheritance: a --resume adds nothing again
+    try:  # --stop-after / --time-budget (harness/stopping.py), recorded in study.json with the plan
+        plan.update(stop_conf := stopping.settings(args, plan))
+        stopper = stopping.make(exp, stop_conf, fresh=not exists)
+    except UsageError as e:
+        return _error(e)
+    if stopper is not None and exists and (line := stopper.already_stopped(resume_command(argv))):
+        print(line, flush=True)
+        return 0
     cpus, gpus = args.cpus_per_trial, args.gpus_per_trial
     interrupts.search = dict(exp=exp, num_samples=run["num_samples"], max_epochs=max_epochs)
     atomic_experiment_state()  # a SIGKILL mid-save must not leave an empty experiment state
@@ -92,7 +100,8 @@ def run_search(args, run: dict, interrupts: Interrupts, argv: list[str]) -> int:
                       flush=True)
             # where the experiment is now and how many trials are wanted: the restored searcher reads it
             study.record(exp, plan)
-        tuner = build_tuner(exp, restore=True, **common)
+        stopping.clear_marker(exp)  # it goes on: no longer the stopped search
+        tuner = build_tuner(exp, restore=True, stop=stopper, **common)
     else:
         write_metadata(exp, {
             "command.txt": shlex.join([sys.executable, *sys.argv]) + "\n",
@@ -109,13 +118,17 @@ def run_search(args, run: dict, interrupts: Interrupts, argv: list[str]) -> int:
         search_alg, study_callbacks = make_search_alg(plan, space, exp, optuna.samplers.TPESampler(seed=args.seed),
                                                       inherit=inherit)
         tuner = build_tuner(exp, num_samples=run["num_samples"], search_alg=search_alg,
-                            callbacks=[make_progress_callback(run["num_samples"], max_epochs), *study_callbacks],
-                            max_failures=args.max_failures, **common)
+                            callbacks=[make_progress_callback(run["num_samples"], max_epochs), *study_callbacks,
+                                       *([stopper] if stopper else [])],
+                            stop=stopper, max_failures=args.max_failures, **common)
     if study.dashboard_command(plan, exp):
         print(f"[hscmae] Optuna study {run['name']!r}; watch it with: {study.dashboard_command(plan, exp)}",
               flush=True)
     results = interrupts.fit(tuner)  # None if a third signal cut the final save short
-    return finish(results, interrupts, argv, time.time() - t0)
+    code = finish(results, interrupts, argv, time.time() - t0)
+    for line in stopping.final_lines(stopper) if code == 0 else ():
+        print(line, flush=True)
+    return code
 
 
 def finish(results, interrupts: Interrupts, argv: list[str], seconds: float = 0.0) -> int:

@@ -54,7 +54,8 @@ def read_raw(exp: str) -> tuple[str, bytes] | None:
 
 def trial_records(raw: bytes) -> list[dict]:
     """Each trial of a state file: trial_id, status, relative_logdir (the trial folder's name),
-    last_epoch (its last reported `epoch`, 0 if none) and num_failures. Raises ValueError, KeyError
+    last_epoch (its last reported `epoch`, 0 if none), val_map (its last reported, None if none)
+    and num_failures. Raises ValueError, KeyError
     or TypeError on a file that is not such a state (empty, torn, another layout)."""
     state = json.loads(raw)
     out = []
@@ -63,6 +64,7 @@ def trial_records(raw: bytes) -> list[dict]:
         m = json.loads(meta_json) if isinstance(meta_json, str) else meta_json
         out.append({"trial_id": t["trial_id"], "status": t.get("status"), "relative_logdir": t.get("relative_logdir"),
                     "last_epoch": int((m.get("last_result") or {}).get("epoch") or 0),
+                    "val_map": (m.get("last_result") or {}).get("val_map"),  # harness/stopping.py's plateau
                     "num_failures": m.get("num_failures")})
     return out
 

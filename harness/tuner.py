@@ -40,7 +40,11 @@ def build_tuner(exp: str, *, data, base: dict, fixed: dict, max_epochs: int, gra
     trainable = make_trainable(data, base, fixed, grid_epochs=asha_rungs(grace_period, reduction_factor, max_epochs),
                                checkpoint_every=checkpoint_every, cpus=cpus, gpus=gpus)
     if restore:
-        return tune.Tuner.restore(exp, trainable=trainable, resume_unfinished=True, resume_errored=True)
+        tuner = tune.Tuner.restore(exp, trainable=trainable, resume_unfinished=True, resume_errored=True)
+        from harness.stopping import replace_on_restore
+
+        replace_on_restore(tuner, stop)  # tuner.pkl's stopper is the first run's (harness/stopping.py)
+        return tuner
     scheduler = (ASHAScheduler(time_attr="epoch", max_t=max_epochs, grace_period=grace_period,
                                reduction_factor=reduction_factor) if asha else None)
     storage_path, name = exp.rsplit("/", 1) if "://" in exp else os.path.split(exp)

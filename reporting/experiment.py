@@ -281,12 +281,14 @@ def load_experiment(arg: str) -> Experiment:
     trials = _frame(sorted(trial_rows, key=order), trial_cols)
     curves = _frame(sorted(curve_rows, key=lambda r: (*order(r), r["epoch"])), curve_cols)
     running = int(trials["status"].isin(["running", "pending", "paused"]).sum())
+    from harness.stopping import read_marker
+
     stopped = _interruption(path)
     if stopped:  # Tune's state still says RUNNING/PENDING: that is where the resume goes on from
         notes.append(f"the search was interrupted ({stopped.get('signal', 'a signal')} at {stopped.get('at', '?')}"
                      f"; {running} trial(s) were running or pending): this report is a snapshot; resume with: "
                      f"{stopped.get('resume', 'the same tune_main.py command with --resume')}")
-    elif running:
+    elif running and (read_marker(path) or {}).get("reason") != "time_budget":  # paused by it (summary_lines)
         notes.append(f"the search is still running ({running} trial(s) running or pending): this report "
                      "is a snapshot")
     return Experiment(path=path, name=os.path.basename(path), space=space, base=base, max_epochs=max_epochs,
