@@ -267,3 +267,36 @@ def test_a_stop_asked_of_an_experiment_begun_without_a_stopper_is_refused(tmp_pa
     with pytest.raises(stopping.UsageError, match="begun without a stopper"):
         stopping.make(str(tmp_path), {"stop_after": 2})
     assert stopping.make(str(tmp_path), {}) is not None  # resumed as it was: only the bookkeeping
+
+
+@pytest.mark.slow
+def test_time_budget_stops_like_ctrl_c_and_a_larger_one_finishes_the_same_trials(tmp_path, capsys):
+    """The clock starts before Ray does, so 1s is used before any trial can end (Ray's start-up
+    alone is longer); what is asserted holds wherever in the search the stop lands: exit 0 and the
+    line, nothing TERMINATED for good by it, and a resume with more time ends exactly the trials
+    asked for, each full-length."""
+    base = [sys.executable, os.path.join(ROOT, "tune_main.py"), "--space", "smoke", "--storage", str(tmp_path),
+            "--name", "t", "--num-samples", "2", "--max-concurrent", "2", "--max-epochs", "2"]
+    r = subprocess.run([*base, "--time-budget", "1s"], capture_output=True, text=True, timeout=300, env=ENV, cwd=ROOT)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert r.stdout.strip().splitlines()[-1] == "[hscmae] stopped: time budget 1s used", r.stdout[-2000:]
+    assert "Tuner.restore" not in r.stdout + r.stderr  # Tune's own resume hint is not ours
+    exp = tmp_path / "t"
+    marker = json.loads((exp / stopping.MARKER).read_text())
+    assert marker["reason"] == "time_budget" and marker["time_used_s"] >= 1
+    assert all(t["status"] != "TERMINATED" or t["last_epoch"] == 2 for t in _states(exp).values())
+    used1 = json.loads((exp / stopping.STATE).read_text())["time_used_s"]
+
+    rc = tune_main.main(["--space", "smoke", "--storage", str(tmp_path), "--name", "t", "--max-epochs", "2",
+                         "--resume"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "already stopped: time budget 1s used" in out and "--time-budget <more than 1s>" in out, out
+
+    r = subprocess.run([*base, "--resume", "--time-budget", "30m"], capture_output=True, text=True, timeout=300,
+                       env=ENV, cwd=ROOT)
+    assert r.returncode == 0 and "stopped:" not in r.stdout, r.stdout[-3000:] + r.stderr[-3000:]
+    states = _states(exp)
+    assert [(t["status"], t["last_epoch"]) for t in states.values()] == [("TERMINATED", 2)] * 2, states
+    assert not (exp / stopping.MARKER).exists()
+    assert json.loads((exp / stopping.STATE).read_text())["time_used_s"] > used1
+    assert json.loads((exp / "study.json").read_text())["time_budget"] == "30m"
