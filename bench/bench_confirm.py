@@ -15,7 +15,10 @@ For each search and confirm length: the single-seed choice (the search's best fu
 val_map), the confirmed choice (the highest mean val_map over the seeds), whether they are the same
 config, and the 3-seed test mAP (mean +- std; reported, never chosen on) of the confirmed choice,
 the single-seed choice and the base config (the warm-start trial's config); the confirm's compute as
-a share of the search's wall time.
+a share of the search's wall time. Then, per search, the two other issue-22 commands against it: the
+same search with `--stop-after 8` (trials run, best val and its test against the full search), and
+`--space wide --num-samples 12` twice, fresh and as a branch of the finished search (`--from`: the
+trials it inherits, the best val of the 12 new trials, and with the inherited ones).
 """
 from __future__ import annotations
 
@@ -37,7 +40,14 @@ DEFAULT_DATA = ("../shared/data/sk_digits_halves", "synthetic:ave")
 COLUMNS = ["data", "search seed", "epochs", "configs x seeds", "single-seed choice", "confirmed choice", "same",
            "confirmed test", "single-seed choice's test", "base config's test", "search min", "confirm min",
            "confirm / search"]
-TABLES = {"runs": COLUMNS}
+PLATEAU_COLUMNS = ["data", "search seed", "search", "trials run", "epochs trained", "best val mAP", "its test mAP",
+                   "minutes"]
+BRANCH_COLUMNS = ["data", "search seed", "search", "inherited", "new trials", "best val mAP (new trials)",
+                  "its test mAP", "best val mAP (with inherited)", "minutes"]
+TABLES = {"runs": COLUMNS, "plateau": PLATEAU_COLUMNS, "branch": BRANCH_COLUMNS}
+# --quick runs the confirm path only: the plateau and branch searches are four more searches (minutes
+# in CI), and tests/test_stopping.py and tests/test_branch.py run those commands end to end
+QUICK_TABLES = {"runs": COLUMNS}
 
 
 def _slug(data: str) -> str:
@@ -92,6 +102,34 @@ def one_row(data: str, seed: int, epochs: int, report: str, search_s: float, con
                                                                    ("base", base))}}
 
 
+def search_row(exp_path: str, seconds: float) -> dict:
+    """A finished search's trials run, epochs trained, best full-length trial by val_map (and its test)."""
+    from reporting.analysis import ranked
+    from reporting.experiment import load_experiment
+
+    exp = load_experiment(exp_path)
+    order, _ = ranked(exp)
+    best = order.iloc[0]
+    return {"trials run": len(exp.trials), "epochs trained": int(exp.trials["epochs"].fillna(0).sum()),
+            "best val mAP": float(best["val_map"]), "its test mAP": float(best["test_map"]),
+            "minutes": round(seconds / 60, 1)}
+
+
+def inherited_best(exp_path: str) -> tuple[int, float | None]:
+    """(trials the branched study inherited, their best val_map), read from its Optuna study."""
+    import optuna
+
+    from harness.branch import INHERITED_FROM
+    from harness.study import JOURNAL, open_storage
+
+    name = os.path.basename(exp_path.rstrip("/"))
+    st = optuna.load_study(study_name=name, storage=open_storage(os.path.join(exp_path, JOURNAL)))
+    vals = [t.value for t in st.get_trials(deepcopy=False) if INHERITED_FROM in t.user_attrs
+            and t.state == optuna.trial.TrialState.COMPLETE]
+    n = sum(INHERITED_FROM in t.user_attrs for t in st.get_trials(deepcopy=False))
+    return n, (max(vals) if vals else None)
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = parser(__file__, __doc__, "smoke space on synthetic:tiny, 3 trials, confirm 2 x 2 (CI)")
     p.add_argument("--data", nargs="+", default=list(DEFAULT_DATA))
@@ -99,16 +137,20 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--top", type=int, default=5)
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--out", default=os.path.join(_REPO, "results", "bench_confirm"))
+    p.add_argument("--stop-after", type=int, default=8, help="the plateau search's --stop-after (0: no such search)")
+    p.add_argument("--branch-trials", type=int, default=12,
+                   help="new trials of the branch into `wide` and of the fresh `wide` search (0: none)")
     args = p.parse_args(argv)
     if args.quick:
         args.data, args.search_seeds, args.top, args.seeds = ["synthetic:tiny"], [0], 2, 2
+        args.stop_after = args.branch_trials = 0
         if args.out == os.path.join(_REPO, "results", "bench_confirm"):
             import tempfile
 
             args.out = tempfile.mkdtemp(prefix="bench-confirm-")
     os.makedirs(args.out, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    timings, rows = Timings(args.out), []
+    timings, rows, plateau, branch = Timings(args.out), [], [], []
     header = machine_info()
     for data in args.data:
         for seed in args.search_seeds:
@@ -130,6 +172,30 @@ def main(argv: list[str] | None = None) -> dict:
                 confirm_s = timings.run(f"{name}/confirm-{epochs}", cmd, env)
                 rows.append(one_row(data, seed, epochs, report, search_s, confirm_s))
                 print(md_table(COLUMNS, rows[-1:]), flush=True)
+            # the same search with --stop-after N, against the full one
+            if args.stop_after:
+                plateau.append({"data": data, "search seed": seed, "search": "full", **search_row(exp, search_s)})
+                stop = [sys.executable, "tune_main.py", "--storage", args.out, "--name", f"{name}-stop{args.stop_after}",
+                        "--seed", str(seed), "--data", data, "--space", "default", "--stop-after", str(args.stop_after)]
+                s_ = timings.run(f"{name}/stop", stop, env)
+                plateau.append({"data": data, "search seed": seed, "search": f"--stop-after {args.stop_after}",
+                                **search_row(os.path.join(args.out, f"{name}-stop{args.stop_after}"), s_)})
+                print(md_table(PLATEAU_COLUMNS, plateau[-2:]), flush=True)
+            # a branch of the finished search into `wide` against a fresh `wide` search, the same new trials
+            if args.branch_trials:
+                for kind, extra in (("fresh", []), ("branch", ["--from", exp])):
+                    wname = f"{name}-wide-{kind}"
+                    cmd = [sys.executable, "tune_main.py", "--storage", args.out, "--name", wname, "--seed", str(seed),
+                           "--data", data, "--space", "wide", "--num-samples", str(args.branch_trials), *extra]
+                    w_s = timings.run(f"{name}/wide-{kind}", cmd, env)
+                    r = search_row(os.path.join(args.out, wname), w_s)
+                    n_inh, inh_best = inherited_best(os.path.join(args.out, wname)) if kind == "branch" else (0, None)
+                    best_all = max(r["best val mAP"], inh_best) if inh_best is not None else r["best val mAP"]
+                    branch.append({"data": data, "search seed": seed, "search": f"wide, {kind}", "inherited": n_inh,
+                                   "new trials": r["trials run"], "best val mAP (new trials)": r["best val mAP"],
+                                   "its test mAP": r["its test mAP"], "best val mAP (with inherited)": best_all,
+                                   "minutes": r["minutes"]})
+                print(md_table(BRANCH_COLUMNS, branch[-2:]), flush=True)
     text = [f"## Confirming a search's answer over seeds (`{command_line(argv, __file__)}`)", "", header,
             "- each search: `python tune_main.py --space default --data D --seed S` (24 trials, 60 epochs, ASHA "
             "grace 10, rf 3, 2 trials at a time); then `python report.py <experiment> --confirm 5 --seeds 3 --epochs E` "
@@ -146,8 +212,19 @@ def main(argv: list[str] | None = None) -> dict:
                     f"{sum(r['_same'] for r in mine)} of {len(mine)} searches; confirmed minus single-seed choice's "
                     f"test mAP: {', '.join(f'{g:+.4f}' for g in gain)}; confirmed minus base config's: "
                     f"{', '.join(f'{g:+.4f}' for g in vs_base)}")
+    if plateau:
+        text += ["", f"The same search with `--stop-after {args.stop_after}` (ends when the best val_map of the "
+                 f"finished trials has not improved in the last {args.stop_after}), against the full search:", "",
+                 md_table(PLATEAU_COLUMNS, plateau, {"best val mAP": ".4f", "its test mAP": ".4f"})]
+    if branch:
+        text += ["", f"`--space wide` with {args.branch_trials} new trials: a fresh search, and a branch of the "
+                 "finished default search (`--from`: its finished trials that fit `wide` seed the study), the same "
+                 "sampler seed:", "",
+                 md_table(BRANCH_COLUMNS, branch, {"best val mAP (new trials)": ".4f", "its test mAP": ".4f",
+                                                   "best val mAP (with inherited)": ".4f"})]
     publish(SECTION, "\n".join(text), args.no_write or args.quick)
-    return {"runs": [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]}
+    out = {"runs": [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]}
+    return out if args.quick else {**out, "plateau": plateau, "branch": branch}
 
 
 if __name__ == "__main__":
