@@ -92,8 +92,10 @@ def atomic_experiment_state() -> None:
         }
         staging = self._storage.experiment_driver_staging_path
         os.makedirs(staging, exist_ok=True)
+        # the temp file beside the staging folder, not in it: Tune's background sync lists that
+        # folder, and a temp file renamed away before it copies it is a FileNotFoundError in its log
         atomic_write_text(str(Path(staging, self.experiment_state_file_name)),
-                          json.dumps(runner_state, cls=tc.TuneFunctionEncoder))
+                          json.dumps(runner_state, cls=tc.TuneFunctionEncoder), tmp_dir=str(Path(staging).parent))
         self._search_alg.save_to_dir(staging, session_str=self._session_str)
         self._callbacks.save_to_dir(staging, session_str=self._session_str)
 

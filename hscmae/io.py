@@ -8,11 +8,12 @@ import tempfile
 from typing import Any, Callable
 
 
-def atomic_write(path: str, write: Callable[[Any], None], mode: str = "wb") -> None:
-    """Call write(f) on a temp file in the same folder, fsync it, then os.replace it onto path."""
+def atomic_write(path: str, write: Callable[[Any], None], mode: str = "wb", tmp_dir: str | None = None) -> None:
+    """Call write(f) on a temp file in the same folder (or in tmp_dir, which must be on the same
+    file system), fsync it, then os.replace it onto path."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=tmp_dir or folder)
     try:
         with os.fdopen(fd, mode) as f:
             write(f)
@@ -25,8 +26,8 @@ def atomic_write(path: str, write: Callable[[Any], None], mode: str = "wb") -> N
         raise
 
 
-def atomic_write_text(path: str, text: str) -> None:
-    atomic_write(path, lambda f: f.write(text), mode="w")
+def atomic_write_text(path: str, text: str, tmp_dir: str | None = None) -> None:
+    atomic_write(path, lambda f: f.write(text), mode="w", tmp_dir=tmp_dir)
 
 
 def atomic_write_json(path: str, obj: Any) -> None:
