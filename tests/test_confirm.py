@@ -25,7 +25,8 @@ def search(tmp_path_factory):
     storage = tmp_path_factory.mktemp("confirm")
     # the search and its confirm step in one command (tune_main.py --confirm: report.py --confirm after it)
     r = subprocess.run([sys.executable, "tune_main.py", "--space", "smoke", "--num-samples", "4", "--max-epochs", "4",
-                        "--storage", str(storage), "--name", "smoke", "--confirm", "2", "--confirm-seeds", "2"],
+                        "--storage", str(storage), "--name", "smoke", "--confirm", "2", "--confirm-seeds", "2",
+                        "--confirm-epochs", "4"],  # the search's length (default: the base config's 100)
                        cwd=ROOT, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "[report] confirmed best: " in r.stdout and "to train" in r.stdout, r.stdout[-3000:]
