@@ -15,7 +15,7 @@ For each search and confirm length: the single-seed choice (the search's best fu
 val_map), the confirmed choice (the highest mean val_map over the seeds), whether they are the same
 config, and the 3-seed test mAP (mean +- std; reported, never chosen on) of the confirmed choice,
 the single-seed choice and the base config (the warm-start trial's config); the confirm's compute as
-a share of the search's wall time. Then, per search, the two other issue-22 commands against it: the
+a share of the search's wall time. Then, on the first search seed (for their cost), the two other issue-22 commands against it: the
 same search with `--stop-after 8` (trials run, best val and its test against the full search), and
 `--space wide --num-samples 12` twice, fresh and as a branch of the finished search (`--from`: the
 trials it inherits, the best val of the 12 new trials, and with the inherited ones).
@@ -173,7 +173,8 @@ def main(argv: list[str] | None = None) -> dict:
                 rows.append(one_row(data, seed, epochs, report, search_s, confirm_s))
                 print(md_table(COLUMNS, rows[-1:]), flush=True)
             # the same search with --stop-after N, against the full one
-            if args.stop_after:
+            extras = seed == args.search_seeds[0]  # the stop and branch comparisons: on the first search seed
+            if args.stop_after and extras:
                 plateau.append({"data": data, "search seed": seed, "search": "full", **search_row(exp, search_s)})
                 stop = [sys.executable, "tune_main.py", "--storage", args.out, "--name", f"{name}-stop{args.stop_after}",
                         "--seed", str(seed), "--data", data, "--space", "default", "--stop-after", str(args.stop_after)]
@@ -182,7 +183,7 @@ def main(argv: list[str] | None = None) -> dict:
                                 **search_row(os.path.join(args.out, f"{name}-stop{args.stop_after}"), s_)})
                 print(md_table(PLATEAU_COLUMNS, plateau[-2:]), flush=True)
             # a branch of the finished search into `wide` against a fresh `wide` search, the same new trials
-            if args.branch_trials:
+            if args.branch_trials and extras:
                 for kind, extra in (("fresh", []), ("branch", ["--from", exp])):
                     wname = f"{name}-wide-{kind}"
                     cmd = [sys.executable, "tune_main.py", "--storage", args.out, "--name", wname, "--seed", str(seed),
