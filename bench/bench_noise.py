@@ -3,6 +3,7 @@
     python bench/bench_noise.py                  # both real digits sets, then synthetic:plain; 0 / 0.2 / 0.5 / 0.8
     python bench/bench_noise.py --report-only    # table, BENCHMARKS.md section and figure from the runs done so far
     python bench/bench_noise.py --quick          # synthetic:tiny, 1 seed, noise 0 and 0.5, 2 epochs (CI, < 30 s)
+    python bench/bench_noise.py --challenge mix_events --rates 0,0.5 --data ../shared/data/sk_digits_halves
 
 The protocol of NCR (Huang et al., NeurIPS 2021) and its follow-ups: a fraction `pair_noise` of the
 *training* pairs get another training item's visual vector (hscmae.data.challenges: a seeded
@@ -25,6 +26,12 @@ ends: a rerun skips finished runs, so the script can be stopped and resumed, and
 renders whatever has finished (the missing cells are listed). Runs go in priority order, on the real
 sets: 50 % (shipped config and baselines, then the search winner), 0 % (likewise), 20 % and 80 %
 (shipped and baselines), the ablation, the winner at 20 % and 80 %; then synthetic:plain. One process, 1 torch thread + 1 BLAS thread.
+
+--challenge mix_events / shared_nuisance: the same runs with that load-time challenge instead of
+pair_noise (the rate axis is its value, its seed 0; it touches every split, so validation and test carry it
+too), nonzero values first, under results/bench_noise/<key>/ (never mixed with the pair_noise runs);
+the output is BENCHMARKS' section bench_noise_challenges, one table per challenge run so far; the
+bench_noise section and the figure are left alone.
 """
 from __future__ import annotations
 
@@ -48,9 +55,16 @@ from hscmae.baselines import dcca_config, linear_cca_baseline  # noqa: E402
 from hscmae.config import config_from_dict, load_config  # noqa: E402
 from hscmae.data import load_data_for  # noqa: E402
 from hscmae.data.real import real_sources  # noqa: E402
-from hscmae.io import atomic_write_json  # noqa: E402
+from hscmae.io import atomic_write_json, atomic_write_text  # noqa: E402
 
 SECTION = "bench_noise"
+CHALLENGE_SECTION = "bench_noise_challenges"
+CHALLENGES = {"pair_noise": "weak pairing",  # the first: the default, the bench_noise section
+              "mix_events": "multi-event clips: this fraction of every split's items get w x another class's item "
+                            "added to both views, w ~ U[0.3, 0.8], the label the item's own",
+              "shared_nuisance": "spurious co-occurrence: an 8-d Gaussian per item mapped into both views, its "
+                                 "std per feature this value x the feature's train std (1 = as large as the feature)"}
+CHALLENGE_KEYS = ("mix_events", "mix_events_seed", "shared_nuisance", "shared_nuisance_seed")
 RATES = (0.0, 0.2, 0.5, 0.8)
 QUICK_RATES = (0.0, 0.5)
 RATE_ORDER = (0.5, 0.0, 0.2, 0.8)  # what runs first
@@ -87,26 +101,38 @@ def _pct(rate: float) -> str:
     return f"{int(round(100 * rate))}%"
 
 
-def run_path(out: str, t: dict) -> str:
+def rate_label(key: str, rate: float) -> str:
+    return _pct(rate) if key == "pair_noise" else f"{key}={rate:g}"
+
+
+def column(key: str, rate: float) -> str:
+    return f"test mAP @ {int(100 * rate)}%" if key == "pair_noise" else f"test mAP @ {key}={rate:g}"
+
+
+def run_path(out: str, t: dict, key: str = "pair_noise") -> str:
     point = f"_lr{t['point']['lr']:g}_cca{t['point']['cca_dim']}" if t.get("point") else ""
     what = t["method"] if t["method"] != "ablation" else f"ablation_{t['component']}"
     seed = "" if t["seed"] is None else f"_s{t['seed']}"
-    return os.path.join(out, short(t["data"]), f"noise{_pct(t['rate'])}", f"{what}{point}{seed}.json")
+    level = f"noise{_pct(t['rate'])}" if key == "pair_noise" else f"{key}{t['rate']:g}"
+    return os.path.join(out, short(t["data"]), level, f"{what}{point}{seed}.json")
 
 
-def read_runs(out: str) -> list[dict]:
+def read_runs(out: str, key: str = "pair_noise") -> list[dict]:
+    """Every run under out of that challenge (a pair_noise record has no "challenge": results/bench_noise/
+    holds the other challenges' folders too)."""
     runs = []
     for root, _, files in os.walk(out):
         for f in sorted(files):
             if f.endswith(".json"):
                 with open(os.path.join(root, f)) as fh:
                     runs.append(json.load(fh))
-    return runs
+    return [r for r in runs if r.get("challenge", "pair_noise") == key]
 
 
 class Bench:
     def __init__(self, args):
         self.args = args
+        self.key = args.challenge
         self.quick = args.quick
         self.seeds = [0] if args.quick else list(range(args.seeds))
         self.rates = QUICK_RATES if args.quick else tuple(args.rates)
@@ -123,15 +149,16 @@ class Bench:
         return (self.winner if method == "winner" else self.base).epochs
 
     def config(self, source: str, rate: float, method: str, seed: int, point: dict | None = None) -> dict:
+        on = {self.key: rate, self.key + "_seed": 0}
         if method in ("dcca", "dccae"):
             cfg = dcca_config(self.base, use_recon=(method == "dccae"))
-            return _cfg_dict(cfg, source, self.epochs(method), seed, pair_noise=rate, pair_noise_seed=0, **point)
+            return _cfg_dict(cfg, source, self.epochs(method), seed, **on, **point)
         cfg = self.winner if method == "winner" else self.base
-        return _cfg_dict(cfg, source, self.epochs(method), seed, pair_noise=rate, pair_noise_seed=0)
+        return _cfg_dict(cfg, source, self.epochs(method), seed, **on)
 
     def data(self, cfg):
         key = tuple(getattr(cfg, k) for k in ("data", "split_seed", "temporal_pool", "normalize", "val_fraction",
-                                              "pair_noise", "pair_noise_seed"))
+                                              "pair_noise", "pair_noise_seed") + CHALLENGE_KEYS)
         if key not in self._data:
             self._data[key] = load_data_for(cfg)
         return self._data[key]
@@ -140,7 +167,9 @@ class Bench:
     def plan(self) -> list[dict]:
         real = [s for s in self.sources if s != PLAIN]
         order = [r for r in RATE_ORDER if r in self.rates] + [r for r in self.rates if r not in RATE_ORDER]
-        first = [r for r in order if r in (0.5, 0.0)] if not self.quick else order
+        if self.key != "pair_noise":  # the challenge's nonzero values first: 0 is the clean data
+            order = [r for r in self.rates if r] + [r for r in self.rates if not r]
+        first = [r for r in order if r in (0.5, 0.0)] if not self.quick and self.key == "pair_noise" else order
         rest = [r for r in order if r not in first]
         tasks: list[dict] = []
         main, winner = ("linear", "shipped", "dcca", "dccae"), ("winner",)
@@ -198,18 +227,20 @@ class Bench:
             if point is None:
                 return None
             t = {**t, "kind": "fit", "point": point}
-        path = run_path(self.args.out, t)
+        path = run_path(self.args.out, t, self.key)
         if os.path.exists(path):
             with open(path) as f:
                 return {**json.load(f), "cached": True}
         t0 = time.perf_counter()
         rec = {k: v for k, v in t.items() if k not in ("kind", "config")}
+        if self.key != "pair_noise":
+            rec["challenge"] = self.key
         if t["kind"] == "linear":
             cfg = config_from_dict(self.config(t["data"], t["rate"], "shipped", 0))
             data = self.data(cfg)
             r = linear_cca_baseline(data)
-            rec.update(auto=r, off=r, config={k: cfg.to_dict()[k] for k in ("data", "split_seed", "pair_noise",
-                                                                             "pair_noise_seed")})
+            rec.update(auto=r, off=r, config={k: cfg.to_dict()[k] for k in ("data", "split_seed", self.key,
+                                                                             self.key + "_seed")})
         elif t["kind"] == "ablation":
             if t["config"] is None:
                 rec.update(auto=None, off=None, config=None)
@@ -226,7 +257,7 @@ class Bench:
                        config=cfg.to_dict())
         if rec["config"] is not None:
             rec["fingerprint"] = data.fingerprint()
-            rec["pair_noise_meta"] = {k: v for k, v in data.meta.get("pair_noise", {}).items() if k != "what"}
+            rec[self.key + "_meta"] = {k: v for k, v in data.meta.get(self.key, {}).items() if k != "what"}
         rec["seconds"] = time.perf_counter() - t0
         rec["load"] = os.getloadavg()
         atomic_write_json(path, rec)
@@ -234,7 +265,7 @@ class Bench:
 
     def run(self) -> list[dict]:
         tasks = self.plan()
-        runs = read_runs(self.args.out)
+        runs = read_runs(self.args.out, self.key)
         t_start = time.time()
         pending = list(tasks)
         while pending:
@@ -247,14 +278,14 @@ class Bench:
                 if not r.pop("cached", False):
                     runs.append(r)
                     m = r["auto"] or {}
-                    print(f"[{time.time() - t_start:7.0f}s] {short(r['data']):16s} {_pct(r['rate']):>4s} "
+                    print(f"[{time.time() - t_start:7.0f}s] {short(r['data']):16s} {rate_label(self.key, r['rate']):>4s} "
                           f"{r['method']:8s} {r.get('component', '')} seed {r['seed']} {r.get('point', '')} "
                           f"val {m.get('val_map', float('nan')):.4f} test {m.get('test_map', float('nan')):.4f} "
                           f"({r['seconds']:.0f}s)", file=sys.stderr, flush=True)
             if len(deferred) == len(pending):
                 raise RuntimeError(f"{len(deferred)} runs wait on searches that never ran")
             pending = deferred
-        return read_runs(self.args.out)
+        return read_runs(self.args.out, self.key)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -281,7 +312,8 @@ def reported(runs: list[dict], s: str, rate: float, method: str, n_grid: int) ->
     return [r for r in mine if r["point"] == best["point"] and (r.get("search") is None or r is best)], best["point"]
 
 
-def summarise(runs: list[dict], sources: list[str], rates, expected: dict, n_grid: int) -> dict:
+def summarise(runs: list[dict], sources: list[str], rates, expected: dict, n_grid: int,
+              key: str = "pair_noise") -> dict:
     """Tables from the finished runs; `expected` counts the runs each (data, rate, method) cell
     should have, for the missing-cells list."""
     noise, leads, search_rows, ablation = [], [], [], []
@@ -290,18 +322,18 @@ def summarise(runs: list[dict], sources: list[str], rates, expected: dict, n_gri
         for m, label in METHODS.items():
             row = {"data": short(s), "method": label, "hyperparameters (chosen on val)": ""}
             hyper = []
-            for rate in RATES:
+            for rate in RATES if key == "pair_noise" else rates:
                 rs, point = reported(runs, s, rate, m, n_grid)
                 xs = [r["auto"]["test_map"] for r in rs]
                 cells[(s, rate, m)] = xs
-                row[f"test mAP @ {int(100 * rate)}%"] = _fmt(xs) if rate in rates else "not run"
+                row[column(key, rate)] = _fmt(xs) if rate in rates else "not run"
                 if point:
-                    hyper.append(f"{_pct(rate)}: lr {point['lr']:g}, cca_dim {point['cca_dim']}")
+                    hyper.append(f"{rate_label(key, rate)}: lr {point['lr']:g}, cca_dim {point['cca_dim']}")
                 elif m == "linear" and rs:
-                    hyper.append(f"{_pct(rate)}: ridge {rs[0]['auto']['reg']:g}, dim {rs[0]['auto']['dim']}")
+                    hyper.append(f"{rate_label(key, rate)}: ridge {rs[0]['auto']['reg']:g}, dim {rs[0]['auto']['dim']}")
             row["hyperparameters (chosen on val)"] = (
                 "; ".join(hyper) if m not in ("shipped", "winner") else "fixed config; test-time CCA chosen on val")
-            if any(cells[(s, r, m)] for r in RATES):
+            if any(cells[(s, r, m)] for r in (RATES if key == "pair_noise" else rates)):
                 noise.append(row)
         for rate in rates:
             sh = cells.get((s, rate, "shipped"), [])
@@ -319,7 +351,7 @@ def summarise(runs: list[dict], sources: list[str], rates, expected: dict, n_gri
             best = max(base, key=lambda m: _mean_std(base[m])[0])
             bm, bsd = _mean_std(base[best])
             wi = cells.get((s, rate, "winner"), []) if complete("winner") else []
-            leads.append({"data": short(s), "noise": _pct(rate), "train pairs shuffled (same class)": shuffled,
+            leads.append({"data": short(s), "noise": rate_label(key, rate), "train pairs shuffled (same class)": shuffled,
                           "shipped test mAP": _fmt(sh), "best baseline": METHODS[best],
                           "best baseline test mAP": _fmt(base[best]),
                           "shipped lead": f"{_mean_std(sh)[0] - bm:+.3f}",
@@ -331,7 +363,7 @@ def summarise(runs: list[dict], sources: list[str], rates, expected: dict, n_gri
                              and r.get("search")), key=lambda r: (r["point"]["lr"], r["point"]["cca_dim"]))
                 _, point = reported(runs, s, rate, m, n_grid)
                 for r in rs:
-                    search_rows.append({"data": short(s), "noise": _pct(rate), "baseline": METHODS[m],
+                    search_rows.append({"data": short(s), "noise": rate_label(key, rate), "baseline": METHODS[m],
                                         "lr": r["point"]["lr"], "cca_dim": r["point"]["cca_dim"],
                                         "val mAP": r["auto"]["val_map"], "chosen": "yes" if r["point"] == point else ""})
     for r in runs:
@@ -339,17 +371,17 @@ def summarise(runs: list[dict], sources: list[str], rates, expected: dict, n_gri
             continue
         full = [x for x in runs if x["data"] == r["data"] and x["rate"] == r["rate"] and x["method"] == "shipped"
                 and x["seed"] == r["seed"]]
-        if not any(a["data"] == short(r["data"]) and a["noise"] == _pct(r["rate"]) and a["component switched off"] == "(none)"
+        if not any(a["data"] == short(r["data"]) and a["noise"] == rate_label(key, r["rate"]) and a["component switched off"] == "(none)"
                    for a in ablation) and full:
             f = full[0]
             for label, change, m in (("(none)", f"shipped config, seed {f['seed']}", f["auto"]),
                                      ("no test-time CCA", "test_cca=off", f["off"])):
-                ablation.append({"data": short(r["data"]), "noise": _pct(r["rate"]), "component switched off": label,
+                ablation.append({"data": short(r["data"]), "noise": rate_label(key, r["rate"]), "component switched off": label,
                                  "change": change, "val mAP": m["val_map"], "test mAP": m["test_map"],
                                  "test mAP vs full": "" if label == "(none)" else f"{m['test_map'] - f['auto']['test_map']:+.3f}"})
         ref = full[0]["auto"]["test_map"] if full else float("nan")
         m = r["auto"]
-        ablation.append({"data": short(r["data"]), "noise": _pct(r["rate"]), "component switched off": r["label"],
+        ablation.append({"data": short(r["data"]), "noise": rate_label(key, r["rate"]), "component switched off": r["label"],
                          "change": r["change"], "val mAP": m["val_map"] if m else float("nan"),
                          "test mAP": m["test_map"] if m else float("nan"),
                          "test mAP vs full": f"{m['test_map'] - ref:+.3f}" if m and full else ""})
@@ -360,9 +392,9 @@ def summarise(runs: list[dict], sources: list[str], rates, expected: dict, n_gri
                         if (s_, r_) == (s, rate) and len(cells.get((s, rate, m), [])) < n]
             if short_of and all(got == 0 for _, got, _ in short_of) and len(short_of) == len(
                     [k for k in expected if k[:2] == (s, rate)]):
-                missing.append(f"{short(s)} {_pct(rate)}: every method")
+                missing.append(f"{short(s)} {rate_label(key, rate)}: every method")
             elif short_of:
-                missing.append(f"{short(s)} {_pct(rate)}: " + ", ".join(f"{METHODS[m]} {got}/{n} seeds"
+                missing.append(f"{short(s)} {rate_label(key, rate)}: " + ", ".join(f"{METHODS[m]} {got}/{n} seeds"
                                                                       for m, got, n in short_of))
     return {"noise": noise, "leads": leads, "baseline_search": search_rows, "ablation": ablation,
             "_cells": cells, "_missing": missing}
@@ -479,14 +511,66 @@ def render(tables, info, command, header, b: Bench, fig_rel: str) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> dict[str, list[dict]]:
+def default_out(key: str) -> str:
+    return DEFAULT_OUT if key == "pair_noise" else os.path.join(DEFAULT_OUT, key)
+
+
+def render_challenges(b: Bench, command: str, header: str) -> tuple[str, dict]:
+    """Section bench_noise_challenges: one table per challenge folder there is (this run's --out, and
+    the other challenges' default folders unless --quick or --out elsewhere). Returns (text, tables)."""
+    lines = ["## The method's other challenges on real data (multi-event clips, spurious co-occurrence): "
+             "`bench/bench_noise.py --challenge`", "", header,
+             "- the noisy-correspondence benchmark's runs and choices (linear CCA; DCCA-only and DCCAE tuned over lr x "
+             "cca_dim at seed 0 on validation, the chosen point at the other seeds; the shipped config/hsc_mae.yaml; "
+             "test_cca auto), with a load-time challenge (hscmae.data.challenges, its seed 0) in place of pair_noise. "
+             "It changes every split (validation and test carry it too, as a user's data would), so the value-0 "
+             "column is the clean data. Cells: test mAP, mean ± sample std over model seeds (n)."]
+    out_tables = {}
+    for key in CHALLENGES:
+        own = key == b.key
+        folder = b.args.out if own else default_out(key)
+        if key == "pair_noise" or not os.path.isdir(folder) or (
+                not own and (b.quick or b.args.out != default_out(b.key))):
+            continue
+        runs = read_runs(folder, key)
+        if not runs:
+            continue
+        rates = sorted({r["rate"] for r in runs}) if not own else sorted(b.rates)
+        sources = list(dict.fromkeys(r["data"] for r in runs)) if not own else b.sources
+        methods = [m for m in METHODS if any(r["method"] == m for r in runs)] if not own else b.args.methods
+        expected = {(s, r, m): 1 if m == "linear" else len(b.seeds) for s in sources for r in rates for m in methods}
+        t = summarise(runs, sources, rates, expected, len(b.grid), key)
+        out_tables[key] = t
+        cmd_file = os.path.join(folder, "command.txt")
+        cmd = command if own else (open(cmd_file).read().strip() if os.path.exists(cmd_file) else "not recorded")
+        secs = [r["seconds"] for r in runs if r["method"] in ("shipped", "dcca", "dccae", "winner")]
+        leads = [{**r, "level": r["noise"]} for r in t["leads"] if r["_rate"]]
+        lead_cols = ["data", "level", "shipped test mAP", "best baseline", "best baseline test mAP", "shipped lead",
+                     "lead > 2 sd"]
+        lines += ["", f"### `{key}`: {CHALLENGES[key]}", "",
+                  f"- command: `{cmd}`; {len(runs)} runs (one JSON each under {os.path.relpath(folder, _REPO)}/); "
+                  f"median deep run {statistics.median(secs) if secs else float('nan'):.0f} s at 1 thread",
+                  "- missing cells: " + ("; ".join(t["_missing"]) or "none"), "",
+                  md_table(["data", "method", "hyperparameters (chosen on val)"] + [column(key, r) for r in rates],
+                           t["noise"]), "",
+                  "Lead of the shipped config over the best validation-tuned baseline (highest test mean) at each "
+                  "nonzero value; lead > 2 sd as in the noise section:", "", md_table(lead_cols, leads)]
+    return "\n".join(lines) + "\n", out_tables
+
+
+def parse_args(argv: list[str] | None = None):
     p = parser(__file__, __doc__, "synthetic:tiny, 1 seed, noise 0 and 0.5, 2 epochs, results in a temporary folder (CI)")
     p.add_argument("--out", default=None, help=f"one JSON per run (default {os.path.relpath(DEFAULT_OUT, _REPO)}; "
                                                "--quick: a temporary folder)")
     p.add_argument("--data", action="append", default=None, metavar="SRC",
                    help="'real' (hscmae.data.real's sets), 'synthetic:plain' or any source; repeatable "
                         "(default: real, then synthetic:plain)")
-    p.add_argument("--rates", default=",".join(f"{r:g}" for r in RATES), help="comma-separated pair_noise rates")
+    p.add_argument("--challenge", choices=tuple(CHALLENGES), default="pair_noise",
+                   help="the load-time challenge on the rate axis (default pair_noise: the bench_noise section); "
+                        "another writes section bench_noise_challenges, runs under results/bench_noise/<key>/")
+    p.add_argument("--rates", default=None, help="comma-separated values of the challenge (default: pair_noise "
+                                                 + ",".join(f"{r:g}" for r in RATES) + "; mix_events 0,0.5; "
+                                                 "shared_nuisance 0,1)")
     p.add_argument("--seeds", type=int, default=3, help="model seeds 0..SEEDS-1")
     p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {','.join(METHODS)}")
     p.add_argument("--no-ablation", action="store_true", help="skip the shipped config's ablation at 50 %% noise")
@@ -494,12 +578,18 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict]]:
     p.add_argument("--figure", default=None, help=f"figure path (default {os.path.relpath(FIGURE, _REPO)}; "
                                                   "--quick or --no-write: inside --out)")
     args = p.parse_args(argv)
+    if args.rates is None:
+        args.rates = {"pair_noise": ",".join(f"{r:g}" for r in RATES), "mix_events": "0,0.5",
+                      "shared_nuisance": "0,1"}[args.challenge]
+    lo_hi = {"pair_noise": "[0, 1)", "mix_events": "[0, 1]", "shared_nuisance": ">= 0"}[args.challenge]
+    ok = {"pair_noise": lambda r: 0 <= r < 1, "mix_events": lambda r: 0 <= r <= 1,
+          "shared_nuisance": lambda r: 0 <= r < math.inf}[args.challenge]
     try:
         args.rates = [float(x) for x in args.rates.split(",") if x]
     except ValueError:
-        p.error(f"--rates {args.rates!r}: expected comma-separated numbers in [0, 1)")
-    if not args.rates or any(not 0 <= r < 1 for r in args.rates):
-        p.error(f"--rates {args.rates!r}: expected comma-separated numbers in [0, 1)")
+        p.error(f"--rates {args.rates!r}: expected comma-separated numbers {lo_hi}")
+    if not args.rates or not all(ok(r) for r in args.rates):
+        p.error(f"--rates {args.rates!r}: expected comma-separated {args.challenge} values {lo_hi}")
     args.methods = [m for m in args.methods.split(",") if m]
     if not args.methods or set(args.methods) - set(METHODS):
         p.error(f"--methods: expected a comma-separated subset of {','.join(METHODS)}")
@@ -507,13 +597,18 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict]]:
     for d in args.data or ["real", PLAIN]:
         sources += real_sources() if d == "real" else [d]
     args.sources = list(dict.fromkeys(sources))
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict[str, list[dict]]:
+    args = parse_args(argv)
     tmp = None
     if args.out is None:
         if args.quick:
             tmp = tempfile.TemporaryDirectory(prefix="bench_noise_")
             args.out = tmp.name
         else:
-            args.out = DEFAULT_OUT
+            args.out = default_out(args.challenge)
     fig_path = args.figure or (os.path.join(args.out, "fig_noise.png") if args.quick or args.no_write else FIGURE)
     header = machine_info()
     b = Bench(args)
@@ -521,10 +616,19 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict]]:
     with torch_threads_kept():
         limiter = one_thread()
         try:
-            runs = read_runs(args.out) if args.report_only else b.run()
+            runs = read_runs(args.out, b.key) if args.report_only else b.run()
         finally:
             if limiter is not None:
                 limiter.unregister()
+    if b.key != "pair_noise":  # never the bench_noise section or its figure: their runs may not be here
+        if not args.report_only:
+            atomic_write_text(os.path.join(args.out, "command.txt"), command_line(argv, __file__) + "\n")
+        text, tables = render_challenges(b, command_line(argv, __file__), header)
+        publish(CHALLENGE_SECTION, text, args.no_write or args.quick)
+        if tmp is not None:
+            tmp.cleanup()
+        return {k: [{c: v for c, v in r.items() if not c.startswith("_")} for r in t["noise"] + t["leads"]]
+                for k, t in tables.items()}
     runs = [r for r in runs if r["data"] in b.sources and r["rate"] in b.rates]
     tables = summarise(runs, b.sources, b.rates, expected_runs(b), len(b.grid))
     figure(tables, [s for s in b.sources if any(r["data"] == s for r in runs)] or b.sources, b.rates, fig_path)

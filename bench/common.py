@@ -91,6 +91,8 @@ SECTIONS: tuple[tuple[str, str, str], ...] = (
     ("bench_quality", "Quality on generated data", "Retrieval quality"),
     ("bench_quality_real", "Quality on real data", "Retrieval quality on real two-view data"),
     ("bench_noise", "Quality on real data", "Noise robustness (weakly paired data)"),
+    ("bench_noise_challenges", "Quality on real data",
+     "The method's other challenges on real data (multi-event clips, spurious co-occurrence)"),
     ("bench_search", "Search", "Search efficiency"),
     ("bench_confirm", "Search", "Confirming a search's answer over seeds"),
     ("bench_harness", "Harness", "Harness overhead"),

@@ -278,3 +278,76 @@ def test_a_resume_on_another_noise_rate_is_refused(tmp_path, capsys):
     # control: without the rate, the search's data is the experiment's (the refusal is the rate's)
     run = tune_main.prepare(tune_main.parse_args(["--space", "smoke", "--storage", str(tmp_path), "--name", "e"]))
     assert run["data"].fingerprint() == clean_fp
+
+
+# the default path's plan, captured from bench_noise.py before --challenge was added (the same task
+# list for today's runs, so their results folder stays valid): length and sha256 of its JSON (sorted keys)
+PLAN_BEFORE = {
+    "full": (187, "307d01bea4c3a6176689cb41bd8793fa20e62ac194727f3089e54eac921a829a"),
+    "quick": (16, "9b5b2de37a19a4f7d971669ee49efc916acbf6af54f8171a37c17fb72fcab5a7"),
+    "sub": (24, "1c5a89ddc3ba469e8ec6b5afed83ddf8362b8f7963d8864ada6df9c88bfdf135"),
+}
+PLAN_ARGV = {
+    "full": ["--data", "data/a_halves", "--data", "data/b_lr", "--data", "synthetic:plain"],
+    "quick": ["--quick"],
+    "sub": ["--data", "data/a_halves", "--rates", "0,0.5", "--methods", "linear,dcca,dccae,shipped", "--no-ablation"],
+}
+
+
+@pytest.mark.parametrize("name", sorted(PLAN_BEFORE))
+def test_bench_noise_default_plan_is_unchanged(name):
+    import json
+
+    bench = _bench()
+    plan = bench.Bench(bench.parse_args(PLAN_ARGV[name])).plan()
+    digest = hashlib.sha256(json.dumps(plan, sort_keys=True).encode()).hexdigest()
+    assert (len(plan), digest) == PLAN_BEFORE[name]
+    if name == "sub":  # the documented order, readable: 50 % first (linear, shipped x 3, each baseline's
+        # search at seed 0 then its chosen point at seeds 1, 2), then 0 %
+        expect = [(k, r, m, s, c) for r in (0.5, 0.0) for k, m, s, c in
+                  [("linear", "linear", None, None)] + [("fit", "shipped", s, None) for s in (0, 1, 2)]
+                  + [x for b in ("dcca", "dccae") for x in [("fit", b, 0, 8), ("fit", b, 0, 16), ("chosen", b, 1, None),
+                                                            ("chosen", b, 2, None)]]]
+        assert [(t["kind"], t["rate"], t["method"], t["seed"], (t.get("point") or {}).get("cca_dim")) for t in plan] == expect
+
+
+def test_bench_noise_challenge_mix_events_trains_on_mixed_data(tmp_path, clean):
+    """--challenge mix_events: every stored run's config carries mix_events (its seed 0, pair_noise 0)
+    and its fingerprint is that of an independent load with that value; the runs go under --out only,
+    BENCHMARKS.md (--quick) and the pair_noise folder/figure are left alone."""
+    import json
+
+    bench = _bench()
+    bench_md = os.path.join(ROOT, "BENCHMARKS.md")
+    before = open(bench_md, "rb").read() if os.path.exists(bench_md) else None
+    out = str(tmp_path / "me")
+    tables = bench.main(["--quick", "--challenge", "mix_events", "--methods", "linear,dcca,shipped", "--out", out])
+    assert (open(bench_md, "rb").read() if before is not None else None) == before
+    assert not os.path.exists(os.path.join(out, "fig_noise.png"))
+    runs = bench.read_runs(out, "mix_events")
+    assert bench.read_runs(out) == []  # never read as pair_noise runs
+    assert {r["rate"] for r in runs} == {0.0, 0.5} and {r["method"] for r in runs} == {"linear", "dcca", "shipped", "ablation"}
+    for r in runs:
+        cfg = r["config"]
+        assert (cfg["mix_events"], cfg["mix_events_seed"], cfg.get("pair_noise", 0.0)) == (r["rate"], 0, 0.0)
+        data = load_data(SRC, mix_events=r["rate"], mix_events_seed=0)
+        assert r["fingerprint"] == data.fingerprint()
+        if r["rate"] == 0:
+            assert r["fingerprint"] == clean.fingerprint() and r["mix_events_meta"] == {}
+        else:
+            assert r["fingerprint"] != clean.fingerprint()
+            assert r["mix_events_meta"]["mixed"] == {k: round(0.5 * len(v)) for k, v in clean.splits.items()}
+    with open(os.path.join(out, "synthetic:tiny", "mix_events0.5", "shipped_s0.json")) as f:
+        shipped = json.load(f)
+    row = next(x for x in tables["mix_events"] if x.get("method") == bench.METHODS["shipped"])
+    assert row["test mAP @ mix_events=0.5"] == f"{shipped['auto']['test_map']:.3f}"
+
+
+@pytest.mark.parametrize("argv", [["--challenge", "mix_events", "--rates", "0,1.5"],
+                                  ["--challenge", "shared_nuisance", "--rates", "-1"],
+                                  ["--rates", "0,1"]])
+def test_bench_noise_bad_challenge_value_is_one_error_line(argv):
+    p = subprocess.run([sys.executable, os.path.join("bench", "bench_noise.py")] + argv, cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode == 2 and "--rates" in lines[-1] and lines[-1].split(": ", 1)[1].startswith("error:"), p.stderr
