@@ -554,7 +554,8 @@ def render_challenges(b: Bench, command: str, header: str) -> tuple[str, dict]:
                   md_table(["data", "method", "hyperparameters (chosen on val)"] + [column(key, r) for r in rates],
                            t["noise"]), "",
                   "Lead of the shipped config over the best validation-tuned baseline (highest test mean) at each "
-                  "nonzero value; lead > 2 sd as in the noise section:", "", md_table(lead_cols, leads)]
+                  "nonzero value; lead > 2 sd as in the noise section (it tests the size of the difference: with a "
+                  "negative lead, yes means clearly behind):", "", md_table(lead_cols, leads)]
     return "\n".join(lines) + "\n", out_tables
 
 
