@@ -164,11 +164,19 @@ class _Probe:
     conditional space asks what it would ask at those values; a parameter the old trial lacks is
     _Missing; a value outside the distribution is noted (`outside`)."""
 
-    def __init__(self, params: dict):
-        self.params, self.dists, self.outside = params, {}, []
+    def __init__(self, params: dict, config: dict | None = None, searched=()):
+        self.params, self.config, self.dists, self.outside = params, config or {}, {}, []
+        self.searched = set(searched)
 
     def _value(self, name, dist, ok):
-        if name not in self.params:
+        if name not in self.params and name not in self.searched:
+            # not searched by OLD: the value its trial trained with (its fixed or base value)
+            base = name[len("one_minus_"):] if name.startswith("one_minus_") else None
+            if name in self.config:
+                self.params[name] = self.config[name]
+            elif base is not None and _number(self.config.get(base)):
+                self.params[name] = 1.0 - self.config[base]
+        if name not in self.params:  # OLD searched it and this trial has none (or nothing gives it)
             raise _Missing(name)
         v = self.params[name]
         self.dists[name] = dist
@@ -233,7 +241,10 @@ def select(trials, space, base: dict, old_space: dict, old_base: dict, where: st
       poor: leaving them out would show TPE only the survivors, as if the stopped regions had
       never been tried. A PRUNED trial without a value measured nothing.
     - `missing`: the new space asks a parameter (at the old trial's own values, so a conditional
-      space asks what it would ask there) that the old trial has none of.
+      space asks what it would ask there) that OLD searched and the old trial has no value of
+      (or that nothing in its full config gives). A parameter OLD did not search takes the value its trial trained
+      with (its base config's or fixed value; `one_minus_X` from X), so a `default` search's
+      trials branch into `wide` at the base config's lr, batch size, model sizes ...
     - `outside`: a value the new space searches is outside its range or choices; or the old
       trial's full config (its base config, fixed keys, params and derived constants) differs
       from the new trial's on any key the new space does not search: a parameter the old
@@ -251,12 +262,19 @@ def select(trials, space, base: dict, old_space: dict, old_base: dict, where: st
     skip_keys = {"data", *RUNTIME_KEYS}
     old_fixed = old_space.get("fixed") or {}
     out = {"trials": [], "old_numbers": [], "finished": 0, "outside": 0, "missing": 0, "differ": Counter()}
+    searched = set().union(*(t.params for t in trials))  # what OLD's sampler searched (any trial's params)
     for t in sorted(trials, key=lambda t: t.number):
         if not (t.state == TrialState.COMPLETE and t.value is not None
                 or t.state == TrialState.PRUNED and t.intermediate_values):
             continue
         out["finished"] += 1
-        probe = _Probe(dict(t.params))
+        try:
+            old_cfg = trial_config(old_base, old_fixed, {**t.params, **_derived(old_space.get("name"), t.params)})
+            old_cfg = old_cfg.to_dict()
+        except ConfigError:
+            out["outside"] += 1
+            continue
+        probe = _Probe(dict(t.params), old_cfg, searched)
         try:
             derived = space.sample(probe) or {}
         except _Missing:
@@ -269,8 +287,6 @@ def select(trials, space, base: dict, old_space: dict, old_base: dict, where: st
         new_params = {k: cast.get(type(d), lambda v: v)(probe.params[k]) for k, d in probe.dists.items()}
         try:
             new_cfg = space.to_config(base, {**new_params, **derived}).to_dict()
-            old_cfg = trial_config(old_base, old_fixed, {**t.params, **_derived(old_space.get("name"), t.params)})
-            old_cfg = old_cfg.to_dict()
         except ConfigError:
             out["outside"] += 1
             continue

@@ -273,3 +273,30 @@ def test_a_tiny_branch_search_runs_only_new_trials_and_resumes(tmp_path, tiny):
     assert report.main([str(exp)]) == 0
     text = open(os.path.join(exp, "report", "summary.md")).read()
     assert f"{len(want)} trials inherited from `{old}`" in text, text[:2000]
+
+
+def test_a_default_search_branches_into_wide_at_the_values_its_trials_trained_with():
+    """`wide` searches lr, batch size, model sizes ... which `default` did not: a default trial is
+    inherited with those at the values it trained with (the base config's), not skipped as missing;
+    a parameter the old search did search but a trial lacks is still missing."""
+    from harness.branch import INHERITED_NUMBER, select
+    from hscmae.config import Config
+    from search_spaces import get_space
+
+    base = {**Config().to_dict(), **yaml.safe_load(open(SHIPPED))}
+    dists = {"mask_ratio": Float(0.1, 0.8), "one_minus_ema_momentum": Float(1e-3, 1e-1, log=True),
+             "top_k": Int(1, 16), "temperature": Float(0.03, 0.5, log=True), "cca_dim": Cat([8, 16, 32, 48])}
+    point = {"mask_ratio": 0.5, "one_minus_ema_momentum": 0.02, "top_k": 4, "temperature": 0.2, "cca_dim": 16}
+    trials = [optuna.trial.create_trial(state=TrialState.COMPLETE, params=p, distributions={k: dists[k] for k in p},
+                                        value=0.5, intermediate_values={60: 0.5}) for p in
+              (point, {k: v for k, v in point.items() if k != "top_k"})]
+    for i, t in enumerate(trials):
+        t.number = i
+    wide = get_space("wide")
+    got = select(trials, wide, base, {"name": "default", "fixed": {"epochs": 60}}, base, "OLD")
+    assert (got["finished"], got["missing"], got["outside"]) == (2, 1, 0)
+    (new,) = got["trials"]
+    assert new.user_attrs[INHERITED_NUMBER] == 0
+    # the searched values kept, every other parameter of `wide` at the shipped config's value
+    want = {**point, **{k: base[k] for k in new.params if k not in point}}
+    assert new.params == want and new.params["lr"] == base["lr"] and new.params["batch_size"] == base["batch_size"]
