@@ -233,17 +233,9 @@ class Interrupts:
         return signal.Signals(self.signum).name if self.signum else "no signal"
 
     def _remove_marker(self) -> None:
-        exp = self.search["exp"]
-        try:
-            if "://" in exp:
-                import pyarrow.fs
+        from harness.storage import remove_file
 
-                fs, root = pyarrow.fs.FileSystem.from_uri(exp)
-                fs.delete_file(f"{root}/{MARKER}")
-            else:
-                os.remove(os.path.join(exp, MARKER))
-        except (FileNotFoundError, OSError):
-            pass
+        remove_file(self.search["exp"], MARKER)
 
     def report(self, exp: str, argv: list[str], num_samples: int, max_epochs: int,
                states: dict[str, tuple[str, int]] | None) -> str:

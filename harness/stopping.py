@@ -197,18 +197,9 @@ def load_state(exp: str) -> dict:
 def clear_marker(exp: str) -> None:
     """A resumed search that goes on is no longer the stopped one (before fit: Tune would copy the
     file to its staging folder and upload it again)."""
-    import os
+    from harness.storage import remove_file
 
-    try:
-        if "://" in exp:
-            import pyarrow.fs
-
-            fs, root = pyarrow.fs.FileSystem.from_uri(exp)
-            fs.delete_file(f"{root}/{MARKER}")
-        else:
-            os.remove(os.path.join(exp, MARKER))
-    except (FileNotFoundError, OSError):
-        pass
+    remove_file(exp, MARKER)
 
 
 def read_marker(exp: str) -> dict | None:

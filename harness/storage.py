@@ -69,3 +69,17 @@ def read_text(exp: str, name: str) -> str | None:
             return None
     path = os.path.join(exp, name)
     return open(path).read() if os.path.exists(path) else None
+
+
+def remove_file(exp: str, name: str) -> None:
+    """Delete `name` in the experiment folder (local or pyarrow URI); a missing file is fine."""
+    try:
+        if "://" in exp:
+            import pyarrow.fs
+
+            fs, root = pyarrow.fs.FileSystem.from_uri(exp)
+            fs.delete_file(f"{root}/{name}")
+        else:
+            os.remove(os.path.join(exp, name))
+    except (FileNotFoundError, OSError):
+        pass
