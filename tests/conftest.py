@@ -33,6 +33,20 @@ def ray_tmpdir():
     shutil.rmtree(d, ignore_errors=True)
 
 
+def tune_main_error(capsys, argv) -> str:
+    """tune_main.main(argv) in-process must refuse with exit 2 and one `error:` line on stderr, no
+    traceback, before Ray starts; returns that line."""
+    import ray
+
+    import tune_main
+
+    rc = tune_main.main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith("error: "), (rc, err)
+    assert "Traceback" not in err[0] and not ray.is_initialized()
+    return err[0]
+
+
 def map_by_hand(a, v, labels):
     """Mean of a->v and v->a retrieval mAP with cosine scores (relevant: same label), in numpy, all
     queries at once: per query, the mean over its relevant items of the precision at their rank.

@@ -18,7 +18,7 @@ from optuna.trial import TrialState
 
 import tune_main
 
-from conftest import ROOT, SEARCH_ENV  # noqa: E402
+from conftest import ROOT, SEARCH_ENV, tune_main_error  # noqa: E402
 
 SHIPPED = os.path.join(ROOT, "config", "hsc_mae.yaml")
 # the smoke space as the test reads it (search_spaces/smoke.py), with --max-epochs 2
@@ -83,16 +83,6 @@ def load(path, name):
 def argv(storage, old, *extra):
     return ["--space", "smoke", "--storage", str(storage), "--name", "b", "--max-epochs", "2", "--from", str(old),
             *extra]
-
-
-def one_error(capsys, args) -> str:
-    import ray
-
-    rc = tune_main.main(args)
-    err = capsys.readouterr().err.strip().splitlines()
-    assert rc == 2 and len(err) == 1 and err[0].startswith("error: "), (rc, err)
-    assert "Traceback" not in err[0] and not ray.is_initialized()
-    return err[0]
 
 
 class Built(Exception):
@@ -197,26 +187,26 @@ def test_other_data_is_refused_before_ray(tmp_path, tiny, capsys):
     other = load_data("synthetic:tiny", split_seed=1).fingerprint()
     assert other != tiny.fingerprint()
     old = make_old(tmp_path, other)
-    msg = one_error(capsys, argv(tmp_path / "new", old))
+    msg = tune_main_error(capsys, argv(tmp_path / "new", old))
     assert msg.startswith(f"error: --from {old}: it was run on other data"), msg
     assert not (tmp_path / "new" / "b").exists()
 
 
 def test_refusals_name_the_flag_and_the_file(tmp_path, tiny, capsys):
     old = make_old(tmp_path, tiny.fingerprint())
-    msg = one_error(capsys, argv(tmp_path / "new", old, "--resume"))
+    msg = tune_main_error(capsys, argv(tmp_path / "new", old, "--resume"))
     assert "--from starts a new experiment" in msg and "--resume alone" in msg, msg
-    msg = one_error(capsys, argv(tmp_path, old)[:5] + ["old", *argv(tmp_path, old)[6:]])  # --name old, same folder
+    msg = tune_main_error(capsys, argv(tmp_path, old)[:5] + ["old", *argv(tmp_path, old)[6:]])  # --name old, same folder
     assert "the new experiment's own folder" in msg, msg
     empty = tmp_path / "empty"
     empty.mkdir()
-    msg = one_error(capsys, argv(tmp_path / "new", empty))
+    msg = tune_main_error(capsys, argv(tmp_path / "new", empty))
     assert f"not an experiment folder of tune_main.py ({empty / 'data.json'} is missing)" in msg, msg
     os.remove(os.path.join(old, "optuna-study.journal"))
-    msg = one_error(capsys, argv(tmp_path / "new", old))
+    msg = tune_main_error(capsys, argv(tmp_path / "new", old))
     assert f"its study journal {os.path.join(old, 'optuna-study.journal')} is missing" in msg, msg
     os.remove(os.path.join(old, "study.json"))
-    msg = one_error(capsys, argv(tmp_path / "new", old))
+    msg = tune_main_error(capsys, argv(tmp_path / "new", old))
     assert f"({os.path.join(old, 'study.json')} is missing" in msg, msg
 
 

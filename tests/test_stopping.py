@@ -12,9 +12,9 @@ from types import SimpleNamespace
 import pytest
 
 import tune_main
+from conftest import ROOT, tune_main_error
 from harness import stopping
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "TUNE_GLOBAL_CHECKPOINT_S": "1", "OMP_NUM_THREADS": "1"}
 
 
@@ -171,16 +171,6 @@ def test_parse_duration(text, seconds):
     assert stopping.parse_duration(text) == seconds
 
 
-def _one_error(capsys, argv) -> str:
-    import ray
-
-    rc = tune_main.main(argv)
-    err = capsys.readouterr().err.strip().splitlines()
-    assert rc == 2 and len(err) == 1 and err[0].startswith("error: "), (rc, err)
-    assert not ray.is_initialized()
-    return err[0]
-
-
 @pytest.mark.parametrize("flags,says", [
     (["--time-budget", "2"], "--time-budget 2: expected a duration"),
     (["--time-budget", "2x"], "--time-budget 2x:"),
@@ -193,13 +183,13 @@ def _one_error(capsys, argv) -> str:
     (["--stop-after", "2", "--min-delta", "nan"], "--min-delta nan:"),
 ])
 def test_bad_values_are_one_error_line_before_ray(tmp_path, capsys, flags, says):
-    msg = _one_error(capsys, ["--space", "smoke", "--storage", str(tmp_path), *flags])
+    msg = tune_main_error(capsys, ["--space", "smoke", "--storage", str(tmp_path), *flags])
     assert msg.startswith(f"error: {says}"), msg
     assert not os.listdir(tmp_path)
 
 
 def test_min_delta_without_stop_after_is_refused(tmp_path, capsys):
-    msg = _one_error(capsys, ["--space", "smoke", "--storage", str(tmp_path), "--min-delta", "0.01"])
+    msg = tune_main_error(capsys, ["--space", "smoke", "--storage", str(tmp_path), "--min-delta", "0.01"])
     assert "--min-delta 0.01: needs --stop-after" in msg
 
 

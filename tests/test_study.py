@@ -19,7 +19,7 @@ import urllib.request
 import pytest
 import yaml
 
-from conftest import ROOT  # noqa: E402
+from conftest import ROOT, tune_main_error  # noqa: E402
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "TUNE_GLOBAL_CHECKPOINT_S": "1"}
 pytestmark = pytest.mark.slow
 optuna = pytest.importorskip("optuna")
@@ -184,18 +184,6 @@ def test_optuna_dashboard_serves_the_study(search):
 # ------------------------------------------------------------------------------------------------
 # Resume: flags it cannot honour; extending the finished search
 # ------------------------------------------------------------------------------------------------
-def one_error(capsys, argv):
-    import ray
-
-    import tune_main
-
-    rc = tune_main.main(argv)
-    err = capsys.readouterr().err.strip().splitlines()
-    assert rc == 2 and len(err) == 1 and err[0].startswith("error: "), (rc, err)
-    assert not ray.is_initialized()
-    return err[0]
-
-
 @pytest.mark.parametrize("extra,says", [
     (["--num-samples", "4"], "--num-samples 4: the experiment already has 6 trials"),
     (["--max-epochs", "8"], "--max-epochs 8: the experiment ran 6 epochs"),
@@ -206,14 +194,15 @@ def one_error(capsys, argv):
 ])
 def test_resume_refuses_flags_it_cannot_honour(search, capsys, extra, says):
     before = sorted(os.listdir(search["exp"]))
-    msg = one_error(capsys, ["--space", "smoke", "--storage", str(search["tmp"]), "--name", "s", "--resume", *extra])
+    msg = tune_main_error(capsys, ["--space", "smoke", "--storage", str(search["tmp"]), "--name", "s", "--resume",
+                                   *extra])
     assert says in msg and "cannot resume" in msg, msg
     assert sorted(os.listdir(search["exp"])) == before
 
 
 def test_resume_refuses_another_space(search, capsys):
-    msg = one_error(capsys, ["--space", "default", "--data", "synthetic:tiny", "--storage", str(search["tmp"]),
-                             "--name", "s", "--resume"])
+    msg = tune_main_error(capsys, ["--space", "default", "--data", "synthetic:tiny", "--storage",
+                                   str(search["tmp"]), "--name", "s", "--resume"])
     assert "--space default: the experiment searched space 'smoke'" in msg, msg
 
 
@@ -221,8 +210,8 @@ def test_a_stored_study_of_another_experiment_is_refused(tmp_path, capsys):
     db = f"sqlite:///{tmp_path / 'shared.db'}"
     other = optuna.create_study(study_name="taken", storage=db)
     other.set_user_attr("hscmae_experiment", "someone-else")
-    msg = one_error(capsys, ["--space", "smoke", "--storage", str(tmp_path), "--name", "taken",
-                             "--optuna-storage", db])
+    msg = tune_main_error(capsys, ["--space", "smoke", "--storage", str(tmp_path), "--name", "taken",
+                                   "--optuna-storage", db])
     assert "already holds a study 'taken'" in msg and "someone-else" in msg, msg
 
 
@@ -237,7 +226,7 @@ def test_unusable_optuna_storage_or_mlflow_is_one_error_before_ray(tmp_path, cap
         pytest.importorskip("mlflow")
         (tmp_path / "f").write_text("x")
         value = str(tmp_path / "f" / "mlruns")
-    msg = one_error(capsys, ["--space", "smoke", "--storage", str(tmp_path), "--name", "b", flag, value])
+    msg = tune_main_error(capsys, ["--space", "smoke", "--storage", str(tmp_path), "--name", "b", flag, value])
     assert msg.startswith(f"error: {flag} {value}") and says in msg, msg
 
 

@@ -11,20 +11,10 @@ import pytest
 import yaml
 
 import tune_main
+from conftest import ROOT, tune_main_error
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "TUNE_GLOBAL_CHECKPOINT_S": "1", "OMP_NUM_THREADS": "1"}
 SHIPPED = os.path.join(ROOT, "config", "hsc_mae.yaml")
-
-
-def one_error(capsys, argv) -> str:
-    import ray
-
-    rc = tune_main.main(argv)
-    err = capsys.readouterr().err.strip().splitlines()
-    assert rc == 2 and len(err) == 1 and err[0].startswith("error: "), (rc, err)
-    assert "Traceback" not in err[0] and not ray.is_initialized()
-    return err[0]
 
 
 @pytest.mark.parametrize("values,says", [
@@ -39,7 +29,7 @@ def one_error(capsys, argv) -> str:
     (["epochs=3"], "fixes epochs = 6"),
 ])
 def test_a_bad_set_is_one_error_line_before_ray(tmp_path, capsys, values, says):
-    msg = one_error(capsys, ["--space", "smoke", "--storage", str(tmp_path), "--set", *values])
+    msg = tune_main_error(capsys, ["--space", "smoke", "--storage", str(tmp_path), "--set", *values])
     assert says in msg, msg
     assert not os.listdir(tmp_path)  # nothing written
 
@@ -69,11 +59,11 @@ def test_a_resume_on_another_space_says_so_before_the_data(tmp_path, capsys):
     """--space default on a smoke experiment: default searches synthetic:ave, smoke ran on
     synthetic:tiny, so the data differ too; the cause to read is the space."""
     fake_experiment(tmp_path, "smoke", "not-this-data")
-    msg = one_error(capsys, ["--space", "default", "--storage", str(tmp_path), "--name", "e", "--resume"])
+    msg = tune_main_error(capsys, ["--space", "default", "--storage", str(tmp_path), "--name", "e", "--resume"])
     assert "--space default: the experiment searched space 'smoke'" in msg, msg
     assert "different data" not in msg and "resume with --space smoke" in msg, msg
     # the same space on other data: the data is the cause
-    msg = one_error(capsys, ["--space", "smoke", "--storage", str(tmp_path), "--name", "e", "--resume"])
+    msg = tune_main_error(capsys, ["--space", "smoke", "--storage", str(tmp_path), "--name", "e", "--resume"])
     assert "was run on different data" in msg, msg
 
 
@@ -102,7 +92,7 @@ def test_set_is_recorded_and_a_resume_with_another_set_is_refused(tmp_path, caps
     for other, says in ((["--set", "weight_decay=0.003", "use_distill=false"], "--set weight_decay=0.003"),
                         ([], "--set (none): the experiment's base config was set with --set weight_decay=0.002"),
                         (["--set", "weight_decay=0.002"], "--set weight_decay=0.002: ")):
-        msg = one_error(capsys, flags + other)
+        msg = tune_main_error(capsys, flags + other)
         assert "cannot resume" in msg and says in msg, msg
         assert "--config" not in msg, msg  # the cause is --set, not the config file
     assert sorted(os.listdir(exp)) == before
