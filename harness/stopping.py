@@ -397,14 +397,10 @@ def replace_on_restore(tuner, stopper) -> None:
     at = [i for i, c in enumerate(cbs) if isinstance(c, _SearchStopper)]
     if isinstance(rc.stop, _SearchStopper) or stopper is not None:
         rc.stop = stopper
-    if at and stopper is not None:  # the same place: Tune restores callback state by position
+    if at:  # the same place (Tune restores callback state by position): this run's stopper, or a no-op
         from ray.tune import Callback
 
-        cbs = [stopper if i == at[0] else Callback() if i in at else c for i, c in enumerate(cbs)]
-    elif at:  # a no-op in its place, for the same reason
-        from ray.tune import Callback
-
-        cbs = [Callback() if i in at else c for i, c in enumerate(cbs)]
+        cbs = [(stopper or Callback()) if i == at[0] else Callback() if i in at else c for i, c in enumerate(cbs)]
     elif stopper is not None:
         cbs.append(stopper)
     rc.callbacks = cbs
