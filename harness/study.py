@@ -216,7 +216,7 @@ def _plan_resume(args, space, base, name, exp, max_concurrent, max_epochs, asha:
     if rec.get("mlflow"):  # Tune restores its MLflow callback: the store must still be usable
         check_mlflow(rec["mlflow"])
     if rec["persistent"]:
-        where = rec["storage"] or os.path.join(exp, rec["journal"])
+        where = study_location(rec, exp)
         if rec["journal"] and not os.path.exists(where):
             raise UsageError(f"{where}: the experiment's Optuna study journal is missing")
         studies = _study_summaries(_storage_or_error(where, "the experiment's Optuna storage"))
@@ -324,10 +324,16 @@ def record(exp: str, p: dict) -> None:
     write_metadata(exp, files)
 
 
+def study_location(rec: dict, exp: str) -> str | None:
+    """Where study.json's record `rec` keeps the study: its storage URL, else its journal inside the
+    experiment folder `exp`; None when it keeps neither (the study lived in Tune's searcher state)."""
+    return rec.get("storage") or (rec.get("journal") and os.path.join(exp, rec["journal"])) or None
+
+
 def dashboard_command(p: dict, exp: str) -> str | None:
     if p.get("legacy") or not p.get("persistent"):
         return None
-    return f"optuna-dashboard {p['storage'] or os.path.join(exp, p['journal'])}"
+    return f"optuna-dashboard {study_location(p, exp)}"
 
 
 def record_confirmed(exp: str, table) -> str | None:
@@ -350,7 +356,7 @@ def record_confirmed(exp: str, table) -> str | None:
     rec = json.loads(text)
     if not rec.get("persistent"):
         return None
-    where = rec["storage"] or os.path.join(exp, rec["journal"])
+    where = study_location(rec, exp)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         st = optuna.load_study(study_name=rec["study_name"], storage=open_storage(where))
