@@ -39,6 +39,11 @@ def build_tuner(exp: str, *, data, base: dict, fixed: dict, max_epochs: int, gra
 
     trainable = make_trainable(data, base, fixed, grid_epochs=asha_rungs(grace_period, reduction_factor, max_epochs),
                                checkpoint_every=checkpoint_every, cpus=cpus, gpus=gpus)
+    if int({**base, **fixed}.get("val_every", 1)) > 1:
+        # the epochs val_every skips report no val_map: ASHA (it compares at its rungs, always
+        # scored) and the study skip such results, but Tune's controller refuses a result that
+        # lacks the tuned metric unless told not to (it reads this in the driver, per result)
+        os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     if restore:
         tuner = tune.Tuner.restore(exp, trainable=trainable, resume_unfinished=True, resume_errored=True)
         from harness.stopping import replace_on_restore

@@ -124,6 +124,10 @@ class Config:
     # the test-time CCA's (ridge, dim) grid: "exhaustive" (every point on every val query) |
     # "halving" (screened on a seeded quarter of the val queries, the best 4 scored exactly)
     grid_search: str = knob("exhaustive", choices=("exhaustive", "halving"))
+    # validation scored every N epochs (1: every epoch); the choice epochs (epoch 1 with N = 1, a
+    # search's ASHA rungs) and the last are always scored, the epochs between only at multiples of
+    # N: the rest report no val_map (nothing reads it there: ASHA compares at its rungs)
+    val_every: int = knob(1, **AT_LEAST_1)
     # optimisation
     lr: float = knob(1e-3, **POSITIVE)
     weight_decay: float = knob(1e-4, **AT_LEAST_0)

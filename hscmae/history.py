@@ -86,7 +86,8 @@ def fig_training(history: list[dict]):
         axes[0].plot(epochs, [h.get("loss", float("nan")) for h in history], color="k", ls="--", label="total")
         axes[0].legend(frameon=False)
     for k, label in (("val_map", "mean"), ("val_map_a2v", "A→V"), ("val_map_v2a", "V→A")):
-        axes[2].plot(epochs, [h.get(k, float("nan")) for h in history], label=label, lw=1.6 if k == "val_map" else 0.8)
+        scored = [(e, h[k]) for e, h in zip(epochs, history) if k in h]  # val_every skips some epochs
+        axes[2].plot([e for e, _ in scored], [v for _, v in scored], label=label, lw=1.6 if k == "val_map" else 0.8)
     axes[2].set_title("validation mAP")
     axes[2].legend(frameon=False)
     for ax in axes:

@@ -75,20 +75,25 @@ class EvalSchedule:
       "skip"  nothing: no embedding, no val_map in that epoch's metrics.
     grid_epochs: where the grid chooses (None: `choice_epochs`, the default space's rungs; a search
     passes its ASHA rungs); the last epoch is always "grid", with the test scores. between: what the
-    other epochs get, "held" (default) or "skip". extra(epoch, za, zv) -> dict: more metrics from the
-    epoch's embeddings (every epoch that embeds; not counted in eval_s), e.g. a bench's other score."""
+    other epochs get, "held" (default) or "skip"; every: only the epochs between that are multiples
+    of it get `between` (cfg.val_every), the others "skip" (1: all of them). extra(epoch, za, zv) ->
+    dict: more metrics from the epoch's embeddings (every epoch that embeds; not counted in eval_s),
+    e.g. a bench's other score."""
     grid_epochs: Collection[int] | None = None
     between: str = HELD
     extra: Callable[[int, np.ndarray, np.ndarray], dict] | None = None
+    every: int = 1
 
     def __post_init__(self):
         if self.between not in (HELD, SKIP):
             raise ValueError(f"EvalSchedule.between must be {HELD!r} or {SKIP!r}, got {self.between!r}")
+        if isinstance(self.every, bool) or not isinstance(self.every, int) or self.every < 1:
+            raise ValueError(f"EvalSchedule.every must be a positive integer, got {self.every!r}")
 
     def at(self, epoch: int, epochs: int) -> str:
         if epoch == epochs or epoch in (choice_epochs(epochs) if self.grid_epochs is None else self.grid_epochs):
             return GRID
-        return self.between
+        return self.between if epoch % self.every == 0 else SKIP
 
 
 @torch.no_grad()

@@ -201,12 +201,12 @@ def fit(cfg: Config, data: Dataset, *, on_epoch: Callable | None = None, resume_
     evaluation's protocol (test-time CCA chosen on validation) at the first and last epoch and at
     grid_epochs (a search passes its ASHA rungs; None: `choice_epochs`, the default space's rungs);
     the epochs between keep the latest choice (hscmae.protocol's docstring). schedule: an
-    `EvalSchedule` saying what is scored when (grid_epochs is EvalSchedule(grid_epochs); give one
-    of the two). Every epoch's metrics also have train_s (its training steps) and eval_s (embedding
+    `EvalSchedule` saying what is scored when (grid_epochs is EvalSchedule(grid_epochs,
+    every=cfg.val_every); give one of the two). Every epoch's metrics also have train_s (its training steps) and eval_s (embedding
     and scoring; 0 when skipped); epoch_time_s spans both."""
     if schedule is not None and grid_epochs is not None:
         raise ValueError("fit: give grid_epochs or schedule, not both")
-    schedule = schedule if schedule is not None else EvalSchedule(grid_epochs)
+    schedule = schedule if schedule is not None else EvalSchedule(grid_epochs, every=cfg.val_every)
     n_train = len(data.splits["train"])
     cfg.validate(n_train=n_train)
     device = resolve_device(cfg)  # "auto" is resolved here, in the process that trains

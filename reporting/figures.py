@@ -47,17 +47,18 @@ def fig_curves(exp: Experiment, best_id: str | None):
     style = {"terminated": ("C0", "-", "o"), "stopped_early": ("0.55", "-", "x"), "errored": ("C3", "--", "X")}
     status = dict(zip(exp.trials["trial_id"], exp.trials["status"]))
     seen = set()
-    for tid, c in exp.curves.groupby("trial_id", sort=False):
-        if c[METRIC].isna().all():
-            continue
+    # only the scored epochs: with val_every > 1 the others report no val_map (NaN here), which
+    # would break every line into single points
+    scored = exp.curves.dropna(subset=[METRIC]) if METRIC in exp.curves else exp.curves.iloc[:0]
+    for tid, c in scored.groupby("trial_id", sort=False):
         st = status.get(tid, "running")
         color, ls, marker = style.get(st, ("C2", "--", ">"))
         label = None if st in seen else STATUS_LABEL.get(st, st)
         seen.add(st)
         ax.plot(c["epoch"], c[METRIC], color=color, ls=ls, alpha=0.85, label=label)
         ax.plot(c["epoch"].iloc[-1], c[METRIC].iloc[-1], marker=marker, color=color, ms=4, ls="none")
-    if best_id is not None and best_id in set(exp.curves["trial_id"]):
-        c = exp.curves[exp.curves["trial_id"] == best_id]
+    if best_id is not None and best_id in set(scored["trial_id"]):
+        c = scored[scored["trial_id"] == best_id]
         ax.plot(c["epoch"], c[METRIC], color="C1", lw=1.8, label="best (selected on val)")
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation mAP")

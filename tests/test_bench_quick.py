@@ -98,8 +98,13 @@ def _check_eval(monkeypatch):
             train = float(np.median([m["train_s"] for m in seen]))
             assert row["epoch train s"] == train
             assert (row["grid eval s"], row["held eval s"], row["final eval s"]) == tuple(m["eval_s"] for m in seen)
-            share = 100 * (3 * seen[0]["eval_s"] + 56 * seen[1]["eval_s"] + seen[2]["eval_s"]) / 60 / train
-            assert row["trial eval %"] == pytest.approx(share, rel=1e-12)
+            grid, held, final = (m["eval_s"] for m in seen)
+            # by hand: val_every 1 grids at 1, 10, 30 and held at the other 56 epochs before the last;
+            # 5: grids at 5, 10, 30, held at 15, 20, 25, 35, 40, 45, 50, 55; 10: grids at 10, 30, held at 20, 40, 50
+            for col, (n_grid, n_held) in (("trial eval %", (3, 56)), ("trial eval %, val_every 5", (3, 8)),
+                                          ("trial eval %, val_every 10", (2, 3))):
+                share = 100 * (n_grid * grid + n_held * held + final) / 60 / train
+                assert row[col] == pytest.approx(share, rel=1e-12), col
             for m in seen:  # fit's own split of its epoch
                 assert m["train_s"] + m["eval_s"] == pytest.approx(m["epoch_time_s"], abs=1e-6)
         assert [c[0].grid_search for c in calls] == ["exhaustive", "halving"]

@@ -5,6 +5,8 @@ the epochs between keep the latest choice, refitted on their own embeddings.
 The reference is independent of hscmae.cca / hscmae.metrics: canonical directions from scipy's
 generalised symmetric eigenproblem, mAP from scikit-learn one query at a time.
 """
+import dataclasses
+
 import numpy as np
 import pytest
 import scipy.linalg
@@ -197,6 +199,35 @@ def test_a_schedule_that_skips_changes_no_training_number_and_says_what_it_skipp
         T.fit(cfg, tiny, log=None, grid_epochs=(2,), schedule=EvalSchedule())
     with pytest.raises(ValueError, match="between"):
         EvalSchedule(between="sometimes")
+
+
+def test_val_every_scores_only_its_multiples_the_rungs_and_the_last_epoch(tiny):
+    """Config.val_every = 3 over 8 epochs with a rung at 4: val scored at 3 (the first scored epoch
+    chooses: no choice before it), 4 (the rung), 6 (held) and 8 (the last, with test); 1, 2, 5, 7
+    report no val_map and embed nothing. Training is untouched, and from the rung on the scores are
+    the every-epoch run's (the same choice, made at the same epochs)."""
+    every = config_from_dict({**TINY, "epochs": 8})
+    seen = {}
+    for n in (1, 3):
+        out = []
+        final = T.fit(dataclasses.replace(every, val_every=n), tiny, on_epoch=lambda m, save: out.append(m),
+                      log=None, grid_epochs=(4,))
+        seen[n] = (out, final)
+    (one, one_final), (three, three_final) = seen[1], seen[3]
+    assert [m["epoch"] for m in three if "val_map" in m] == [3, 4, 6, 8]
+    assert all(m["eval_s"] == 0.0 for m in three if "val_map" not in m)
+    assert [m["loss"] for m in three] == [m["loss"] for m in one]
+    for e in (4, 6, 8):
+        assert three[e - 1]["val_map"] == one[e - 1]["val_map"], e
+    assert three_final["test_map"] == one_final["test_map"] and "test_map" in three[-1]
+    with pytest.raises(ValueError, match="every"):
+        from hscmae.protocol import EvalSchedule
+
+        EvalSchedule(every=0)
+    from hscmae.config import ConfigError
+
+    with pytest.raises(ConfigError, match="val_every"):
+        config_from_dict({**TINY, "val_every": 0})
 
 
 def test_a_schedules_extra_scores_come_from_the_epochs_embeddings(tiny):
