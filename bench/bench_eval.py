@@ -269,7 +269,7 @@ def cost_section(rows: list[dict], agree: list[dict], info: str, load, command: 
         worst = max(mine, key=lambda r: r[col] / target_for(r["data"]))
         return (f"{grid}, val_every {every}: **{'met' if ok else 'missed'}** (worst {worst[col]:.1f}% on "
                 f"{worst['data']}, target {target_for(worst['data']):.0f}%)")
-    fmt = {c: ".3f" for c in COLUMNS if c.endswith(" s")} | {c: ".1f" for c in COLUMNS if c.endswith("%")}
+    fmt = {c: ".3f" for c in COLUMNS if c.endswith(" s")} | {c: ".1f" for c in COLUMNS if c.startswith("trial eval %")}
     return "\n".join([
         "## Per-epoch validation cost (`bench/bench_eval.py`)", "", info,
         f"- load average at end: {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}",
