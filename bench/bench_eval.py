@@ -4,6 +4,7 @@
     python bench/bench_eval.py --quick      # cost on synthetic:tiny (CI); --no-write leaves BENCHMARKS.md alone
     python bench/bench_eval.py --rank LABEL=EXPERIMENT ...   # rank table from searches' report/curves.parquet
     python bench/bench_eval.py --study LABEL=EXPERIMENT ...  # every trial's config retrained to the end
+    python bench/bench_eval.py --searches LABEL=EXPERIMENT ...  # finished searches' evaluation cost side by side
 
 Cost: `hscmae.train.fit` with config/hsc_mae.yaml at 1 torch thread and 1 BLAS thread (what a
 trial gets with --cpus-per-trial 1) for 3 epochs, scored as a trial's epochs are: epoch 1 the full
@@ -260,6 +261,42 @@ def study_rows(specs: list[str], workers: int, max_trials: int | None = None) ->
     return rows
 
 
+SEARCH_COLUMNS = ["search", "trials", "epochs trained", "train s", "eval s", "eval / train %", "wall min",
+                  "best val mAP", "its test mAP"]
+
+
+def search_cost_rows(specs: list[str]) -> list[dict]:
+    """LABEL=EXPERIMENT: a finished search's evaluation cost from its trials' own reports (the sums
+    of every reported epoch's train_s and eval_s), its wall time (first result's start to the last
+    result) and its best full-length trial."""
+    import glob
+    import json
+
+    from reporting.analysis import ranked
+    from reporting.experiment import load_experiment
+
+    rows = []
+    for spec in specs:
+        label, _, path = spec.partition("=")
+        train = evals = epochs = 0.0
+        starts, ends = [], []
+        for f in glob.glob(os.path.join(path, "run_trial_*", "result.json")):
+            rs = [json.loads(x) for x in open(f) if x.strip()]
+            if not rs:
+                continue
+            train += sum(r.get("train_s", 0.0) for r in rs)
+            evals += sum(r.get("eval_s", 0.0) for r in rs)
+            epochs += len({r["epoch"] for r in rs})
+            starts.append(rs[0]["timestamp"] - rs[0]["time_this_iter_s"])
+            ends.append(rs[-1]["timestamp"])
+        exp = load_experiment(path)
+        best = ranked(exp)[0].iloc[0]
+        rows.append({"search": label, "trials": len(exp.trials), "epochs trained": int(epochs), "train s": train,
+                     "eval s": evals, "eval / train %": 100 * evals / train, "wall min": (max(ends) - min(starts)) / 60,
+                     "best val mAP": float(best["val_map"]), "its test mAP": float(best["test_map"])})
+    return rows
+
+
 def cost_section(rows: list[dict], agree: list[dict], info: str, load, command: str, repeat: int,
                  before: list[tuple[str, str]] = ()) -> str:
     def verdict(grid: str, every: int) -> str:
@@ -320,9 +357,24 @@ def main(argv: list[str] | None = None) -> dict:
                         "report/best_config.yaml --set seed=S --out DIR), whose metrics.json give test mAP")
     p.add_argument("--study", nargs="+", metavar="LABEL=EXPERIMENT",
                    help="retrain every trial of these searches to the end; write the study table instead")
+    p.add_argument("--searches", nargs="+", metavar="LABEL=EXPERIMENT",
+                   help="write the table of these finished searches' evaluation cost instead")
     p.add_argument("--workers", type=int, default=2, help="with --study: parallel runs (1 thread each)")
     p.add_argument("--max-trials", type=int, default=None, help="with --study: the first N trials of each search")
     args = p.parse_args(argv)
+    if args.searches:
+        rows = search_cost_rows(args.searches)
+        text = "\n".join([
+            "## A default search's evaluation cost, before and after (`bench/bench_eval.py --searches`)", "",
+            machine_info(), f"- command: `{command_line(argv, __file__)}`",
+            "- each search: `python tune_main.py --space default --data synthetic:vegas,n=8000 --max-concurrent 1` "
+            "(24 trials, TPE seed 0, ASHA grace 10, rf 3, 60 epochs, 1 CPU per trial; --set as labelled); train s / "
+            "eval s: the sums of every reported epoch's training-step and evaluation time over all trials; wall: "
+            "the first trial's start to the last result", "",
+            md_table(SEARCH_COLUMNS, rows, {"train s": ".0f", "eval s": ".0f", "eval / train %": ".1f",
+                                            "wall min": ".1f", "best val mAP": ".4f", "its test mAP": ".4f"})])
+        publish("bench_eval_searches", text, args.no_write)
+        return {"searches": rows}
     if args.study:
         rows = study_rows(args.study, args.workers, args.max_trials)
         cols = list(rows[0])

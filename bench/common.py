@@ -87,6 +87,7 @@ SECTIONS: tuple[tuple[str, str, str], ...] = (
     ("bench_eval", "Evaluation cost", "Per-epoch validation cost"),
     ("bench_eval_rank", "Evaluation cost", "Per-epoch vs final val_map: the searches' rank table (`--rank`)"),
     ("bench_eval_study", "Evaluation cost", "Per-epoch vs final val_map over every trial of a search (`--study`)"),
+    ("bench_eval_searches", "Evaluation cost", "A default search's evaluation cost, before and after (`--searches`)"),
     ("bench_scaling", "Evaluation cost", "Scaling with the number of clips"),
     ("bench_quality", "Quality on generated data", "Retrieval quality"),
     ("bench_quality_real", "Quality on real data", "Retrieval quality on real two-view data"),
