@@ -96,6 +96,7 @@ SECTIONS: tuple[tuple[str, str, str], ...] = (
      "The method's other challenges on real data (multi-event clips, spurious co-occurrence)"),
     ("bench_search", "Search", "Search efficiency"),
     ("bench_confirm", "Search", "Confirming a search's answer over seeds"),
+    ("bench_asha", "Search", "ASHA's first cut: grace period and reduction factor at an equal epoch budget"),
     ("bench_harness", "Harness", "Harness overhead"),
     ("bench_load", "Loading", "Loading the authors' HDF5 files"),
     ("bench_report", "Report", "Report figures"),

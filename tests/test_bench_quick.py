@@ -24,7 +24,7 @@ SCRIPTS = sorted(glob.glob(os.path.join(REPO, "bench", "bench_*.py")))
 BENCHMARKS = os.path.join(REPO, "BENCHMARKS.md")
 EXPECTED = {"bench_train.py", "bench_map.py", "bench_harness.py", "bench_search.py", "bench_scaling.py",
             "bench_quality.py", "bench_load.py", "bench_eval.py", "bench_report.py", "bench_noise.py",
-            "bench_confirm.py"}
+            "bench_confirm.py", "bench_asha.py"}
 
 
 def _load(path):
@@ -166,7 +166,45 @@ def _check_confirm(monkeypatch):
     return check
 
 
-CHECKS = {"bench_confirm.py": _check_confirm, "bench_train.py": _check_train, "bench_eval.py": _check_eval,
+def _check_asha(monkeypatch):
+    """bench_asha's rows are what its searches and confirms wrote: the trials and epochs trained
+    counted from the trial folders' result.json (each trial's last epoch), the trial counts the
+    epoch-equalised ones worked by hand, the best val mAP the highest final val_map of the trials that
+    ran all 6 epochs and the winner that trial, its test / val the means of its seeds in confirmed.parquet."""
+    import glob
+    import json
+
+    import pandas as pd
+
+    def check(out):
+        rows = out["runs"]
+        # smoke space, 6 epochs: grace 2 rf 2 (rungs 2, 4) runs 2 + 4/2 + 2/4 = 3.5 epochs a trial, 3
+        # trials; grace 4 (rung 4) 4 + 2/2 = 5, so 3 x 3.5 / 5 = 2.1 -> 2 trials
+        assert [(r["arm"], r["trials"]) for r in rows] == [("grace 2, rf 2", 3), ("grace 4, rf 2", 2)]
+        for row in rows:
+            last = {}
+            for path in glob.glob(os.path.join(row["experiment"], "*", "result.json")):
+                lines = [json.loads(line) for line in open(path) if line.strip()]
+                epochs = [r for r in lines if "epoch" in r]
+                final = max(epochs, key=lambda r: r["epoch"])
+                last[final["trial_id"]] = final
+            assert row["trials"] == len(last)
+            assert row["epochs trained"] == sum(r["epoch"] for r in last.values())
+            full = {t: r["val_map"] for t, r in last.items() if r["epoch"] == 6}
+            assert row["best val mAP"] == max(full.values())
+            assert row["winner"] == max(full, key=full.get)
+            t = pd.read_parquet(os.path.join(row["report folder"], "confirmed.parquet"))
+            (w,) = [r for _, r in t.iterrows() if r["config"] == row["winner"]]
+            tests = [float(v) for v in w["test_maps"].split(",")]
+            vals = [float(v) for v in w["val_maps"].split(",")]
+            assert len(tests) == len(vals) == 3
+            assert vals[0] == full[row["winner"]]  # seed 0 is the trial itself
+            assert row["winner's test mAP"] == f"{np.mean(tests):.4f} ± {np.std(tests, ddof=1):.4f}"
+            assert row["winner's mean val"] == pytest.approx(np.mean(vals), rel=1e-12)
+    return check
+
+
+CHECKS = {"bench_confirm.py": _check_confirm, "bench_asha.py": _check_asha, "bench_train.py": _check_train, "bench_eval.py": _check_eval,
           "bench_scaling.py": _check_scaling, "bench_quality.py": _check_quality}
 
 
