@@ -87,12 +87,7 @@ def cost_row(source: str, repeat: int, search: str = "exhaustive", agreement: li
     exhaustive grid's) on that epoch's embeddings (a bench-only extra, not in eval_s)."""
     cfg = load_config(CONFIG, {"data": source, "threads": 1, "epochs": 3, "grid_search": search})
     data = load_data_for(cfg)
-    full = dataclasses.replace(cfg, grid_search="exhaustive")
-
-    def compare(epoch, za, zv):
-        if agreement is not None:
-            agreement.append((protocol_scores(za, zv, data, cfg), protocol_scores(za, zv, data, full)))
-        return {}
+    compare = grid_comparison(data, cfg, agreement) if agreement is not None else None
     runs = []
     for _ in range(repeat):
         seen: list[dict] = []
@@ -118,14 +113,20 @@ def agreement_run(source: str, epochs: int) -> list:
     embeddings than the 3 of the cost run, for the agreement table."""
     cfg = load_config(CONFIG, {"data": source, "threads": 1, "epochs": epochs, "grid_search": "halving"})
     data = load_data_for(cfg)
-    full = dataclasses.replace(cfg, grid_search="exhaustive")
     pairs: list = []
+    T.fit(cfg, data, log=None, schedule=EvalSchedule(grid_epochs=RUNGS, extra=grid_comparison(data, cfg, pairs)))
+    return pairs
+
+
+def grid_comparison(data, cfg, pairs: list):
+    """An EvalSchedule extra appending, at every epoch it sees, (cfg's grid's scores, the exhaustive
+    grid's) on that epoch's embeddings to `pairs`."""
+    full = dataclasses.replace(cfg, grid_search="exhaustive")
 
     def compare(epoch, za, zv):
         pairs.append((protocol_scores(za, zv, data, cfg), protocol_scores(za, zv, data, full)))
         return {}
-    T.fit(cfg, data, log=None, schedule=EvalSchedule(grid_epochs=RUNGS, extra=compare))
-    return pairs
+    return compare
 
 
 def trial_eval_s(t: dict, every: int = 1) -> float:

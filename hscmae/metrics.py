@@ -83,7 +83,7 @@ def _average_precision(scores: torch.Tensor, relevant: torch.Tensor, nrel: torch
     them real (the rest is padding) -> (m,) float64 AP."""
     m, width = relevant.shape
     real = torch.arange(width) < nrel[:, None]
-    # relevant scores read from the same matrix, so each item ties with itself; only these are sorted
+    # relevant scores read from the same matrix, so each item ties with itself
     r = scores.gather(1, relevant).masked_fill_(~real, torch.inf)
     r = torch.from_numpy(np.sort(r.numpy(), axis=1))
     at_or_above = _count_at_or_above(scores, r)

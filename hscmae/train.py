@@ -202,8 +202,8 @@ def fit(cfg: Config, data: Dataset, *, on_epoch: Callable | None = None, resume_
     grid_epochs (a search passes its ASHA rungs; None: `choice_epochs`, the default space's rungs);
     the epochs between keep the latest choice (hscmae.protocol's docstring). schedule: an
     `EvalSchedule` saying what is scored when (grid_epochs is EvalSchedule(grid_epochs,
-    every=cfg.val_every); give one of the two). Every epoch's metrics also have train_s (its training steps) and eval_s (embedding
-    and scoring; 0 when skipped); epoch_time_s spans both."""
+    every=cfg.val_every); give one of the two). Every epoch's metrics also have train_s (its
+    training steps) and eval_s (embedding and scoring; 0 when skipped); epoch_time_s spans both."""
     if schedule is not None and grid_epochs is not None:
         raise ValueError("fit: give grid_epochs or schedule, not both")
     schedule = schedule if schedule is not None else EvalSchedule(grid_epochs, every=cfg.val_every)
