@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from conftest import ROOT
@@ -42,4 +43,23 @@ def test_a_search_with_val_every_reports_val_map_only_where_scored(tmp_path):
     scored_rows = e.curves.dropna(subset=["val_map"])
     assert sorted(set(scored_rows["epoch"])) <= [2, 3, 4, 6]
     assert set(e.curves["epoch"]) >= {1, 2}  # the unscored epochs are there, without a val_map
-    fig_curves(e, full.iloc[0]["trial_id"])
+    fig = fig_curves(e, full.iloc[0]["trial_id"])
+    lines = [ln for ln in fig.axes[0].lines if len(ln.get_ydata()) > 1]
+    assert lines and all(np.isfinite(np.asarray(ln.get_ydata(), dtype=float)).all() for ln in lines)
+
+
+def test_the_training_figure_draws_the_scored_epochs_as_one_line():
+    """A standalone history with val_every 3: epochs 1, 2, 4, 5 have no val_map; the figure's val
+    lines go through 3 and 6 only (a NaN between them would leave nothing drawn)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from hscmae.history import fig_training
+
+    history = [{"epoch": e, "loss": 1.0 / e, **({"val_map": 0.1 * e, "val_map_a2v": 0.1 * e, "val_map_v2a": 0.1 * e}
+                                                  if e % 3 == 0 else {})} for e in range(1, 7)]
+    fig = fig_training(history)
+    val = [ln for ln in fig.axes[2].lines]
+    assert len(val) == 3
+    for ln in val:
+        assert list(ln.get_xdata()) == [3, 6] and np.allclose(ln.get_ydata(), [0.3, 0.6])
