@@ -69,6 +69,35 @@ def num_samples(grace: int, rf: int, max_epochs: int, base_trials: int, base_gra
     return max(1, round(base_trials * ratio))
 
 
+def pool_runs(out: str, report_dir: str, data: str, epochs: int) -> int:
+    """Copy into report_dir's confirm_runs/ every stored confirm run on `data` at `epochs` of the other
+    report folders under `out` that it lacks; returns how many. A run's file name is the hash of its full config (data, seed
+    and epochs included: reporting.confirm.run_key), so a copied run is the very run the confirm would
+    train. The base config, confirmed by every search on a data set at the same seeds and epochs, is then
+    trained once per data set, not once per arm and search seed. Failed runs are not copied (retried)."""
+    import glob
+    import shutil
+
+    from reporting.confirm import RUNS
+
+    mine = os.path.join(report_dir, RUNS)
+    n = 0
+    for path in sorted(glob.glob(os.path.join(out, "*", "report*", RUNS, "*.json"))):
+        target = os.path.join(mine, os.path.basename(path))
+        if os.path.dirname(path) == mine or os.path.exists(target):
+            continue
+        with open(path) as f:
+            rec = json.load(f)
+        result, config = rec.get("result") or {}, rec.get("config") or {}
+        if not result or "error" in result or config.get("data") != data or config.get("epochs") != epochs:
+            continue
+        os.makedirs(mine, exist_ok=True)
+        shutil.copyfile(path, target + ".tmp")
+        os.replace(target + ".tmp", target)
+        n += 1
+    return n
+
+
 def winner(exp: str, epochs: int, timings: Timings, step: str, env: dict) -> tuple[dict, str]:
     """The search's rank-1 trial's row of a 3-seed confirmed.parquet at `epochs`, and its folder:
     bench_confirm's `report/` (its confirm at the search's own epochs: the same runs) where it has
@@ -83,9 +112,13 @@ def winner(exp: str, epochs: int, timings: Timings, step: str, env: dict) -> tup
         if len(rank1) and int(rank1.iloc[0]["n_seeds"]) == 3:
             return rank1.iloc[0].to_dict(), os.path.dirname(theirs)
     report_dir = os.path.join(exp, "report-asha")
+    pooled = pool_runs(os.path.dirname(exp), report_dir, json.load(open(os.path.join(exp, "data.json")))["source"],
+                       epochs)
+    if pooled:
+        print(f"[bench_asha] {step}: {pooled} confirm runs reused from other report folders (same run key)", flush=True)
     cmd = [sys.executable, "report.py", exp, "--out", report_dir, "--confirm", "1", "--seeds", "3",
            "--epochs", str(epochs), "--num-cpus", "2"]
-    timings.run(step, cmd, env)
+    timings.run(step, cmd, env, made=os.path.join(report_dir, "confirmed.parquet"))
     t = pd.read_parquet(os.path.join(report_dir, "confirmed.parquet"))
     return t[t["search_rank"] == 1].iloc[0].to_dict(), report_dir
 
@@ -184,7 +217,7 @@ def main(argv: list[str] | None = None) -> dict:
                 search = [sys.executable, "tune_main.py", "--storage", args.out, "--name", name, "--seed", str(seed),
                           "--data", data, "--space", space_name, "--grace-period", str(g),
                           "--reduction-factor", str(rf), "--num-samples", str(sized[label])]
-                search_s = timings.run(f"{name}/search", search, env)
+                search_s = timings.run(f"{name}/search", search, env, made=os.path.join(exp, "study.json"))
                 commands.append(" ".join(["python"] + search[1:]))
                 s = search_row(exp, search_s)
                 w, report_dir = winner(exp, max_epochs, timings, f"{name}/confirm-asha", env)

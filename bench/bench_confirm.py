@@ -61,9 +61,14 @@ class Timings:
         self.path = os.path.join(out, "timings.json")
         self.t = json.load(open(self.path)) if os.path.exists(self.path) else {}
 
-    def run(self, step: str, cmd: list[str], env: dict) -> float:
-        if step in self.t:  # done before: the command again only restores / reads what is stored
-            subprocess.run(cmd, cwd=_REPO, env=env, check=True, stdout=subprocess.DEVNULL)
+    def run(self, step: str, cmd: list[str], env: dict, made: str | None = None) -> float:
+        """Run the step's command unless it is done: timed before (it exited 0) and, when given, `made`
+        (the file its work leaves) is there, in which case the command is not run again (a search's
+        restore or a confirm's reread costs a Ray start-up each). Timed but `made` missing, or no `made`:
+        the command again only restores / reads what is stored."""
+        if step in self.t:
+            if made is None or not os.path.exists(made):
+                subprocess.run(cmd, cwd=_REPO, env=env, check=True, stdout=subprocess.DEVNULL)
             return self.t[step]
         t0 = time.time()
         r = subprocess.run(cmd, cwd=_REPO, env=env, capture_output=True, text=True)
