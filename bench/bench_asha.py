@@ -35,7 +35,7 @@ _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _REPO not in sys.path:
     sys.path.insert(0, _REPO)
 
-from bench.bench_confirm import Timings, _pm, _slug, search_row  # noqa: E402
+from bench.bench_confirm import Timings, _pm, _slug, pool_runs, search_row  # noqa: E402
 from bench.common import command_line, machine_info, md_table, parser, publish  # noqa: E402
 
 SECTION = "bench_asha"
@@ -67,35 +67,6 @@ def num_samples(grace: int, rf: int, max_epochs: int, base_trials: int, base_gra
     """Trials for (grace, rf) with the expected total epochs of base_trials under (base_grace, base_rf)."""
     ratio = expected_epochs(base_grace, base_rf, max_epochs) / expected_epochs(grace, rf, max_epochs)
     return max(1, round(base_trials * ratio))
-
-
-def pool_runs(out: str, report_dir: str, data: str, epochs: int) -> int:
-    """Copy into report_dir's confirm_runs/ every stored confirm run on `data` at `epochs` of the other
-    report folders under `out` that it lacks; returns how many. A run's file name is the hash of its full config (data, seed
-    and epochs included: reporting.confirm.run_key), so a copied run is the very run the confirm would
-    train. The base config, confirmed by every search on a data set at the same seeds and epochs, is then
-    trained once per data set, not once per arm and search seed. Failed runs are not copied (retried)."""
-    import glob
-    import shutil
-
-    from reporting.confirm import RUNS
-
-    mine = os.path.join(report_dir, RUNS)
-    n = 0
-    for path in sorted(glob.glob(os.path.join(out, "*", "report*", RUNS, "*.json"))):
-        target = os.path.join(mine, os.path.basename(path))
-        if os.path.dirname(path) == mine or os.path.exists(target):
-            continue
-        with open(path) as f:
-            rec = json.load(f)
-        result, config = rec.get("result") or {}, rec.get("config") or {}
-        if not result or "error" in result or config.get("data") != data or config.get("epochs") != epochs:
-            continue
-        os.makedirs(mine, exist_ok=True)
-        shutil.copyfile(path, target + ".tmp")
-        os.replace(target + ".tmp", target)
-        n += 1
-    return n
 
 
 def winner(exp: str, epochs: int, timings: Timings, step: str, env: dict) -> tuple[dict, str]:

@@ -81,6 +81,35 @@ class Timings:
         return self.t[step]
 
 
+def pool_runs(out: str, report_dir: str, data: str, epochs: int) -> int:
+    """Copy into report_dir's confirm_runs/ every stored confirm run on `data` at `epochs` of the other
+    report folders under `out` that it lacks; returns how many. A run's file name is the hash of its full config (data, seed
+    and epochs included: reporting.confirm.run_key), so a copied run is the very run the confirm would
+    train. The base config, confirmed by every search on a data set at the same seeds and epochs, is then
+    trained once per data set, not once per search (bench_asha: per arm and search seed). Failed runs are not copied (retried)."""
+    import glob
+    import shutil
+
+    from reporting.confirm import RUNS
+
+    mine = os.path.join(report_dir, RUNS)
+    n = 0
+    for path in sorted(glob.glob(os.path.join(out, "*", "report*", RUNS, "*.json"))):
+        target = os.path.join(mine, os.path.basename(path))
+        if os.path.dirname(path) == mine or os.path.exists(target):
+            continue
+        with open(path) as f:
+            rec = json.load(f)
+        result, config = rec.get("result") or {}, rec.get("config") or {}
+        if not result or "error" in result or config.get("data") != data or config.get("epochs") != epochs:
+            continue
+        os.makedirs(mine, exist_ok=True)
+        shutil.copyfile(path, target + ".tmp")
+        os.replace(target + ".tmp", target)
+        n += 1
+    return n
+
+
 def _pm(mean, std) -> str:
     return f"{mean:.4f} ± {std:.4f}"
 
@@ -164,7 +193,7 @@ def main(argv: list[str] | None = None) -> dict:
             search = [sys.executable, "tune_main.py", "--storage", args.out, "--name", name, "--seed", str(seed),
                       "--data", data]
             search += ["--space", "smoke", "--num-samples", "3"] if args.quick else ["--space", "default"]
-            search_s = timings.run(f"{name}/search", search, env)
+            search_s = timings.run(f"{name}/search", search, env, made=os.path.join(exp, "study.json"))
             space = json.load(open(os.path.join(exp, "space.json")))
             import yaml
 
@@ -174,7 +203,10 @@ def main(argv: list[str] | None = None) -> dict:
                 report = os.path.join(exp, "report" if epochs == space["max_epochs"] else f"report-{epochs}-epochs")
                 cmd = [sys.executable, "report.py", exp, "--out", report, "--confirm", str(args.top),
                        "--seeds", str(args.seeds), "--epochs", str(epochs), "--num-cpus", "2"]
-                confirm_s = timings.run(f"{name}/confirm-{epochs}", cmd, env)
+                if f"{name}/confirm-{epochs}" not in timings.t:
+                    pool_runs(args.out, report, json.load(open(os.path.join(exp, "data.json")))["source"], epochs)
+                confirm_s = timings.run(f"{name}/confirm-{epochs}", cmd, env,
+                                        made=os.path.join(report, "confirmed.parquet"))
                 rows.append(one_row(data, seed, epochs, report, search_s, confirm_s))
                 print(md_table(COLUMNS, rows[-1:]), flush=True)
             # the same search with --stop-after N, against the full one
@@ -183,7 +215,8 @@ def main(argv: list[str] | None = None) -> dict:
                 plateau.append({"data": data, "search seed": seed, "search": "full", **search_row(exp, search_s)})
                 stop = [sys.executable, "tune_main.py", "--storage", args.out, "--name", f"{name}-stop{args.stop_after}",
                         "--seed", str(seed), "--data", data, "--space", "default", "--stop-after", str(args.stop_after)]
-                s_ = timings.run(f"{name}/stop", stop, env)
+                s_ = timings.run(f"{name}/stop", stop, env,
+                                 made=os.path.join(args.out, f"{name}-stop{args.stop_after}", "study.json"))
                 plateau.append({"data": data, "search seed": seed, "search": f"--stop-after {args.stop_after}",
                                 **search_row(os.path.join(args.out, f"{name}-stop{args.stop_after}"), s_)})
                 print(md_table(PLATEAU_COLUMNS, plateau[-2:]), flush=True)
@@ -193,7 +226,7 @@ def main(argv: list[str] | None = None) -> dict:
                     wname = f"{name}-wide-{kind}"
                     cmd = [sys.executable, "tune_main.py", "--storage", args.out, "--name", wname, "--seed", str(seed),
                            "--data", data, "--space", "wide", "--num-samples", str(args.branch_trials), *extra]
-                    w_s = timings.run(f"{name}/wide-{kind}", cmd, env)
+                    w_s = timings.run(f"{name}/wide-{kind}", cmd, env, made=os.path.join(args.out, wname, "study.json"))
                     r = search_row(os.path.join(args.out, wname), w_s)
                     n_inh, inh_best = inherited_best(os.path.join(args.out, wname)) if kind == "branch" else (0, None)
                     best_all = max(r["best val mAP"], inh_best) if inh_best is not None else r["best val mAP"]

@@ -1,6 +1,6 @@
-"""bench_asha's pool_runs: a confirm folder gets exactly the stored runs of the other report folders
-that are its own data and epochs, succeeded, and not already there (a run file's name is its config's
-hash, so a copy is the run the confirm would train), and the confirm then counts them as known."""
+"""bench_confirm's pool_runs (bench_asha's too): a confirm folder gets exactly the stored runs of the
+other report folders that are on its data at its epochs, succeeded, and not already there (a run
+file's name is its config's hash, so a copy is the run the confirm would train)."""
 import importlib.util
 import json
 import os
@@ -10,8 +10,8 @@ from reporting.confirm import RUNS, run_key
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _bench_asha():
-    spec = importlib.util.spec_from_file_location("bench_asha_pool", os.path.join(REPO, "bench", "bench_asha.py"))
+def _bench_confirm():
+    spec = importlib.util.spec_from_file_location("bench_confirm_pool", os.path.join(REPO, "bench", "bench_confirm.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -26,7 +26,7 @@ def _write_run(folder, config, result):
 
 
 def test_pool_runs_copies_only_matching_successful_missing_runs(tmp_path):
-    pool_runs = _bench_asha().pool_runs
+    pool_runs = _bench_confirm().pool_runs
     ok = {"val_map": 0.5, "test_map": 0.4}
     other = tmp_path / "a-s0" / "report" / RUNS
     keep = [_write_run(other, {"data": "D", "epochs": 60, "seed": s}, ok) for s in (0, 1)]
