@@ -35,7 +35,7 @@ _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _REPO not in sys.path:
     sys.path.insert(0, _REPO)
 
-from bench.bench_confirm import Timings, _pm, _slug, pool_runs, search_row  # noqa: E402
+from bench.bench_confirm import Timings, _pm, _slug, pool_for, search_row  # noqa: E402
 from bench.common import command_line, machine_info, md_table, parser, publish  # noqa: E402
 
 SECTION = "bench_asha"
@@ -83,10 +83,8 @@ def winner(exp: str, epochs: int, timings: Timings, step: str, env: dict) -> tup
         if len(rank1) and int(rank1.iloc[0]["n_seeds"]) == 3:
             return rank1.iloc[0].to_dict(), os.path.dirname(theirs)
     report_dir = os.path.join(exp, "report-asha")
-    pooled = pool_runs(os.path.dirname(exp), report_dir, json.load(open(os.path.join(exp, "data.json")))["source"],
-                       epochs)
-    if pooled:
-        print(f"[bench_asha] {step}: {pooled} confirm runs reused from other report folders (same run key)", flush=True)
+    if step not in timings.t:
+        pool_for(os.path.dirname(exp), exp, report_dir, 1, 3, epochs, "bench_asha")
     cmd = [sys.executable, "report.py", exp, "--out", report_dir, "--confirm", "1", "--seeds", "3",
            "--epochs", str(epochs), "--num-cpus", "2"]
     timings.run(step, cmd, env, made=os.path.join(report_dir, "confirmed.parquet"))

@@ -81,12 +81,13 @@ class Timings:
         return self.t[step]
 
 
-def pool_runs(out: str, report_dir: str, data: str, epochs: int) -> int:
-    """Copy into report_dir's confirm_runs/ every stored confirm run on `data` at `epochs` of the other
-    report folders under `out` that it lacks; returns how many. A run's file name is the hash of its full config (data, seed
-    and epochs included: reporting.confirm.run_key), so a copied run is the very run the confirm would
-    train. The base config, confirmed by every search on a data set at the same seeds and epochs, is then
-    trained once per data set, not once per search (bench_asha: per arm and search seed). Failed runs are not copied (retried)."""
+def pool_runs(out: str, report_dir: str, keys: set[str]) -> int:
+    """Copy into report_dir's confirm_runs/ the stored confirm runs named in `keys` that other report
+    folders under `out` hold and it lacks; returns how many. A run's file name is the hash of its full
+    config (data, seed and epochs included: reporting.confirm.run_key), so a copy is the very run the
+    confirm would train. The base config, confirmed by every search on a data set at the same seeds and
+    epochs, is then trained once per data set, not once per search (bench_asha: per arm and search
+    seed). Failed runs are not copied (the confirm retries them)."""
     import glob
     import shutil
 
@@ -95,19 +96,36 @@ def pool_runs(out: str, report_dir: str, data: str, epochs: int) -> int:
     mine = os.path.join(report_dir, RUNS)
     n = 0
     for path in sorted(glob.glob(os.path.join(out, "*", "report*", RUNS, "*.json"))):
+        key = os.path.splitext(os.path.basename(path))[0]
         target = os.path.join(mine, os.path.basename(path))
-        if os.path.dirname(path) == mine or os.path.exists(target):
+        if key not in keys or os.path.dirname(path) == mine or os.path.exists(target):
             continue
         with open(path) as f:
-            rec = json.load(f)
-        result, config = rec.get("result") or {}, rec.get("config") or {}
-        if not result or "error" in result or config.get("data") != data or config.get("epochs") != epochs:
+            result = json.load(f).get("result") or {}
+        if not result or "error" in result:
             continue
         os.makedirs(mine, exist_ok=True)
         shutil.copyfile(path, target + ".tmp")
         os.replace(target + ".tmp", target)
         n += 1
     return n
+
+
+def confirm_keys(exp: str, top: int, seeds: int, epochs: int) -> set[str]:
+    """The run keys `report.py EXP --confirm top --seeds seeds --epochs epochs` trains (its plan, less
+    the runs that are the search's own trials)."""
+    from reporting.confirm import plan
+    from reporting.experiment import load_experiment
+
+    _, runs, _ = plan(load_experiment(exp), top, seeds, epochs)
+    return {r["key"] for r in runs if r["reuse"] is None}
+
+
+def pool_for(out: str, exp: str, report_dir: str, top: int, seeds: int, epochs: int, log: str) -> None:
+    n = pool_runs(out, report_dir, confirm_keys(exp, top, seeds, epochs))
+    if n:
+        print(f"[{log}] {os.path.basename(exp)}: {n} confirm runs reused from other report folders under {out} "
+              "(the same run key)", flush=True)
 
 
 def _pm(mean, std) -> str:
@@ -204,7 +222,7 @@ def main(argv: list[str] | None = None) -> dict:
                 cmd = [sys.executable, "report.py", exp, "--out", report, "--confirm", str(args.top),
                        "--seeds", str(args.seeds), "--epochs", str(epochs), "--num-cpus", "2"]
                 if f"{name}/confirm-{epochs}" not in timings.t:
-                    pool_runs(args.out, report, json.load(open(os.path.join(exp, "data.json")))["source"], epochs)
+                    pool_for(args.out, exp, report, args.top, args.seeds, epochs, "bench_confirm")
                 confirm_s = timings.run(f"{name}/confirm-{epochs}", cmd, env,
                                         made=os.path.join(report, "confirmed.parquet"))
                 rows.append(one_row(data, seed, epochs, report, search_s, confirm_s))
