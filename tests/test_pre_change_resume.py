@@ -1,6 +1,7 @@
 """What was written before the issue-20 rebuild still resumes: a checkpoint and an interrupted
 experiment folder, both made by the code at commit 78c3014 (the last one before the knob registry,
-hscmae/checkpoint.py and the harness changes) and checked in under tests/fixtures/pre_issue20/.
+hscmae/checkpoint.py and the harness changes) and checked in under tests/fixtures/pre_issue20/
+(written on another CPU, so its numbers match here to rounding, not bit for bit).
 
 - checkpoint_epoch2_of_4.pt: epoch 2 of a 4-epoch synthetic:tiny run; the .json beside it holds
   that run's config and the final metrics the old code's *uninterrupted* run gave (written by the
@@ -28,10 +29,17 @@ def test_a_checkpoint_written_before_the_change_resumes_to_the_old_codes_uninter
     with open(os.path.join(OLD, "checkpoint_epoch2_of_4.json")) as f:
         ref = json.load(f)
     cfg = config_from_dict(ref["config"])
-    resumed = fit(cfg, load_data(cfg.data), resume_from=os.path.join(OLD, "checkpoint_epoch2_of_4.pt"), log=None)
-    assert resumed["epoch"] == 4
+    epochs = []
+    resumed = fit(cfg, load_data(cfg.data), resume_from=os.path.join(OLD, "checkpoint_epoch2_of_4.pt"), log=None,
+                  on_epoch=lambda m, save: epochs.append(m["epoch"]))
+    assert epochs == [3, 4]  # it continued from the checkpoint, not from scratch
+    # The old numbers were written on another CPU: its float32 kernels (AVX2 or AVX-512) round
+    # differently, so epochs 1-2 there end 1 ulp away from here, and epochs 3-4 carry that on
+    # (measured: 3e-8 relative in the loss, the mAPs equal). Bit-identity of a resume on one machine is
+    # tests/test_train.py's. A resume that drops the optimizer's state is off by 4e-3 in the loss
+    # (measured), far outside rel=1e-6.
     for k in ("loss", "val_map", "test_map", "test_map_a2v", "test_map_v2a", "w_infonce"):
-        assert resumed[k] == ref["uninterrupted"][k], k  # bit-identical, as an uninterrupted run
+        assert resumed[k] == pytest.approx(ref["uninterrupted"][k], rel=1e-6), k
 
 
 def _epochs(trial_dir: str) -> list[int]:
