@@ -33,7 +33,7 @@ _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _REPO not in sys.path:
     sys.path.insert(0, _REPO)
 
-from bench.common import command_line, machine_info, md_table, parser, publish  # noqa: E402
+from bench.common import command_line, machine_info, md_table, parser, publish, write_section  # noqa: E402
 
 SECTION = "bench_confirm"
 DEFAULT_DATA = ("../shared/data/sk_digits_halves", "synthetic:ave")
@@ -182,6 +182,40 @@ def inherited_best(exp_path: str) -> tuple[int, float | None]:
     return n, (max(vals) if vals else None)
 
 
+def section(argv, args, header: str, rows: list, plateau: list, branch: list, left: int = 0) -> str:
+    """The BENCHMARKS section from the rows so far; left: searches not yet run (said in a line, so a
+    bench cut off part way still leaves what it measured)."""
+    text = [f"## Confirming a search's answer over seeds (`{command_line(argv, __file__)}`)", "", header,
+            "- each search: `python tune_main.py --space default --data D --seed S` (24 trials, 60 epochs, ASHA "
+            "grace 10, rf 3, 2 trials at a time); then `python report.py <experiment> --confirm 5 --seeds 3 --epochs E` "
+            "(the top 5 full-length trials and the base config, 3 seeds each, 2 tasks at a time; at the search's "
+            "length the trial itself is the first seed) at E = the search's 60 epochs and the base config's own 100",
+            "- test mAP: mean ± std over the 3 seeds (reported, never chosen on); the choice is by mean val_map; a "
+            "choice is named by its Tune trial id",
+            "", md_table(COLUMNS, rows), ""]
+    for epochs in sorted({r["epochs"] for r in rows}):
+        mine = [r for r in rows if r["epochs"] == epochs]
+        gain = [r["_tests"]["confirmed"] - r["_tests"]["single"] for r in mine]
+        vs_base = [r["_tests"]["confirmed"] - r["_tests"]["base"] for r in mine]
+        text.append(f"- at {epochs} epochs: the single-seed choice is the confirmed one in "
+                    f"{sum(r['_same'] for r in mine)} of {len(mine)} searches; confirmed minus single-seed choice's "
+                    f"test mAP: {', '.join(f'{g:+.4f}' for g in gain)}; confirmed minus base config's: "
+                    f"{', '.join(f'{g:+.4f}' for g in vs_base)}")
+    if plateau:
+        text += ["", f"The same search with `--stop-after {args.stop_after}` (ends when the best val_map of the "
+                 f"finished trials has not improved in the last {args.stop_after}), against the full search:", "",
+                 md_table(PLATEAU_COLUMNS, plateau, {"best val mAP": ".4f", "its test mAP": ".4f"})]
+    if branch:
+        text += ["", f"`--space wide` with {args.branch_trials} new trials: a fresh search, and a branch of the "
+                 "finished default search (`--from`: its finished trials that fit `wide` seed the study), the same "
+                 "sampler seed:", "",
+                 md_table(BRANCH_COLUMNS, branch, {"best val mAP (new trials)": ".4f", "its test mAP": ".4f",
+                                                   "best val mAP (with inherited)": ".4f"})]
+    if left:
+        text += ["", f"- partial: {left} more search(es) of this command had not finished when this was written"]
+    return "\n".join(text)
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = parser(__file__, __doc__, "smoke space on synthetic:tiny, 3 trials, confirm 2 x 2 (CI)")
     p.add_argument("--data", nargs="+", default=list(DEFAULT_DATA))
@@ -204,6 +238,7 @@ def main(argv: list[str] | None = None) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     timings, rows, plateau, branch = Timings(args.out), [], [], []
     header = machine_info()
+    done, total = 0, len(args.data) * len(args.search_seeds)
     for data in args.data:
         for seed in args.search_seeds:
             name = f"{_slug(data)}-s{seed}"
@@ -253,33 +288,10 @@ def main(argv: list[str] | None = None) -> dict:
                                    "its test mAP": r["its test mAP"], "best val mAP (with inherited)": best_all,
                                    "minutes": r["minutes"]})
                 print(md_table(BRANCH_COLUMNS, branch[-2:]), flush=True)
-    text = [f"## Confirming a search's answer over seeds (`{command_line(argv, __file__)}`)", "", header,
-            "- each search: `python tune_main.py --space default --data D --seed S` (24 trials, 60 epochs, ASHA "
-            "grace 10, rf 3, 2 trials at a time); then `python report.py <experiment> --confirm 5 --seeds 3 --epochs E` "
-            "(the top 5 full-length trials and the base config, 3 seeds each, 2 tasks at a time; at the search's "
-            "length the trial itself is the first seed) at E = the search's 60 epochs and the base config's own 100",
-            "- test mAP: mean ± std over the 3 seeds (reported, never chosen on); the choice is by mean val_map; a "
-            "choice is named by its Tune trial id",
-            "", md_table(COLUMNS, rows), ""]
-    for epochs in sorted({r["epochs"] for r in rows}):
-        mine = [r for r in rows if r["epochs"] == epochs]
-        gain = [r["_tests"]["confirmed"] - r["_tests"]["single"] for r in mine]
-        vs_base = [r["_tests"]["confirmed"] - r["_tests"]["base"] for r in mine]
-        text.append(f"- at {epochs} epochs: the single-seed choice is the confirmed one in "
-                    f"{sum(r['_same'] for r in mine)} of {len(mine)} searches; confirmed minus single-seed choice's "
-                    f"test mAP: {', '.join(f'{g:+.4f}' for g in gain)}; confirmed minus base config's: "
-                    f"{', '.join(f'{g:+.4f}' for g in vs_base)}")
-    if plateau:
-        text += ["", f"The same search with `--stop-after {args.stop_after}` (ends when the best val_map of the "
-                 f"finished trials has not improved in the last {args.stop_after}), against the full search:", "",
-                 md_table(PLATEAU_COLUMNS, plateau, {"best val mAP": ".4f", "its test mAP": ".4f"})]
-    if branch:
-        text += ["", f"`--space wide` with {args.branch_trials} new trials: a fresh search, and a branch of the "
-                 "finished default search (`--from`: its finished trials that fit `wide` seed the study), the same "
-                 "sampler seed:", "",
-                 md_table(BRANCH_COLUMNS, branch, {"best val mAP (new trials)": ".4f", "its test mAP": ".4f",
-                                                   "best val mAP (with inherited)": ".4f"})]
-    publish(SECTION, "\n".join(text), args.no_write or args.quick)
+            done += 1
+            if done < total and not (args.no_write or args.quick):  # what is measured so far survives a cut-off
+                write_section(SECTION, section(argv, args, header, rows, plateau, branch, left=total - done))
+    publish(SECTION, section(argv, args, header, rows, plateau, branch), args.no_write or args.quick)
     out = {"runs": [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]}
     return out if args.quick else {**out, "plateau": plateau, "branch": branch}
 
