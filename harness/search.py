@@ -16,7 +16,7 @@ from harness import METRIC, MODE, UsageError, branch, stopping, study
 from harness.callbacks import make_progress_callback
 from harness.interrupt import Interrupts, count_trials, resume_command, saved_trial_states
 from harness.ray_setup import gpu_slots, init_ray
-from harness.storage import read_text, versions, write_metadata
+from harness.storage import lock_experiment, read_text, versions, write_metadata
 from harness.tune_state import atomic_experiment_state
 
 # Persist the experiment state every few seconds (Tune's default adapts to minutes), so a driver
@@ -32,6 +32,18 @@ def _error(msg) -> int:
 def run_search(args, run: dict, interrupts: Interrupts, argv: list[str]) -> int:
     """run: what tune_main.prepare returned (space, base, overrides, probe, data, name, exp,
     num_samples, max_concurrent). Returns the exit code."""
+    try:  # before anything reads the folder: a second driver on it would run trials into it too
+        lock = lock_experiment(run["exp"])
+    except UsageError as e:
+        return _error(e)
+    try:
+        return _run_search(args, run, interrupts, argv)
+    finally:
+        if lock is not None:
+            lock.close()  # a later search in this process (tests call main() twice) may take it
+
+
+def _run_search(args, run: dict, interrupts: Interrupts, argv: list[str]) -> int:
     import optuna
     from ray import tune
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import time
 
 from harness import UsageError
 from hscmae.io import atomic_write_text, writable_folder_error
@@ -83,3 +84,37 @@ def remove_file(exp: str, name: str) -> None:
             os.remove(os.path.join(exp, name))
     except (FileNotFoundError, OSError):
         pass
+
+
+def lock_path(exp: str) -> str:
+    """The lock file beside a local experiment folder (beside, so the folder itself still says
+    whether a search ran: Tune's can_restore looks inside it)."""
+    return os.path.join(os.path.dirname(exp), f".{os.path.basename(exp)}.lock")
+
+
+def lock_experiment(exp: str):
+    """Hold an exclusive lock on a local experiment for as long as this driver lives; returns the
+    open lock file (keep it), or None for a URI (no shared lock there). Two drivers on one folder
+    (the same command started twice) would both restore it and run trials into it; the second
+    gets a UsageError instead. An flock dies with its process, so a killed driver leaves no
+    stale lock."""
+    if "://" in exp:
+        return None
+    import fcntl
+
+    path = lock_path(exp)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    f = open(path, "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.seek(0)
+        holder = f.read().strip() or "another process"
+        f.close()
+        raise UsageError(f"{exp} is in use by another search ({holder}); wait for it to end or stop it "
+                         f"(Ctrl-C) before running this one (lock: {path})") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"pid {os.getpid()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+    f.flush()
+    return f
