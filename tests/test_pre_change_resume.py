@@ -33,10 +33,9 @@ def test_a_checkpoint_written_before_the_change_resumes_to_the_old_codes_uninter
     resumed = fit(cfg, load_data(cfg.data), resume_from=os.path.join(OLD, "checkpoint_epoch2_of_4.pt"), log=None,
                   on_epoch=lambda m, save: epochs.append(m["epoch"]))
     assert epochs == [3, 4]  # it continued from the checkpoint, not from scratch
-    # The old numbers were written on another CPU: its float32 kernels (AVX2 or AVX-512) round
-    # differently, so epochs 1-2 there end 1 ulp away from here, and epochs 3-4 carry that on
-    # (measured: 3e-8 relative in the loss, the mAPs equal). Bit-identity of a resume on one machine is
-    # tests/test_train.py's. A resume that drops the optimizer's state is off by 4e-3 in the loss
+    # The epoch-2 state is the file's, bit for bit, but the old code ran epochs 3-4 on another CPU,
+    # whose float32 kernels (AVX2 or AVX-512) round differently (measured here: 3e-8 relative in the
+    # loss, the mAPs equal). Bit-identity of a resume on one machine is tests/test_train.py's. A resume that drops the optimizer's state is off by 4e-3 in the loss
     # (measured), far outside rel=1e-6.
     for k in ("loss", "val_map", "test_map", "test_map_a2v", "test_map_v2a", "w_infonce"):
         assert resumed[k] == pytest.approx(ref["uninterrupted"][k], rel=1e-6), k
